@@ -1,0 +1,5 @@
+"""`python -m pcsim` is the `pcsim` command."""
+
+from pcsim.cli import main
+
+raise SystemExit(main())

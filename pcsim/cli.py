@@ -1,0 +1,89 @@
+"""`pcsim run CONFIG` and `pcsim eval RUN_DIR`: parse arguments, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("pcsim")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pcsim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train and evaluate an experiment, write a run folder")
+    run.add_argument("config", help="experiment YAML, e.g. networks/mnist_pc.yaml")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set learning.epochs=2 (repeatable)")
+    run.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides run.device)")
+    run.add_argument("--data-root", help="data root (overrides data.root and $PCSIM_DATA)")
+    run.add_argument("--out", help="folder for run folders (overrides run.out)")
+    run.add_argument("--epochs", type=int, help="overrides learning.epochs")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    ev = sub.add_parser("eval", help="evaluate a run folder's checkpoint on the test set")
+    ev.add_argument("run_dir", help="a run folder written by `pcsim run` (or its checkpoint.pt)")
+    ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    ev.add_argument("--data-root", help="data root (overrides the run's data.root)")
+    return parser
+
+
+def _run(args) -> int:
+    from pcsim.config import load_config
+    from pcsim.config.load import parse_override
+    from pcsim.experiment import run_experiment
+
+    overrides = dict(parse_override(text) for text in args.set)
+    if args.device:
+        overrides["run.device"] = args.device
+    if args.epochs is not None:
+        overrides["learning.epochs"] = args.epochs
+    config = load_config(args.config, overrides)
+    result = run_experiment(config, source=args.config, data_root=args.data_root, out=args.out,
+                            progress=False if args.no_progress else None)
+    if result.metrics:
+        print(f"test accuracy {100 * result.final_accuracy:.2f}% after "
+              f"{len(result.metrics)} epochs; run folder: {result.run_dir}")
+    else:
+        print(f"no epochs run; run folder: {result.run_dir}")
+    return 0
+
+
+def _eval(args) -> int:
+    from pcsim.data import load_dataset, resolve_data_root
+    from pcsim.experiment import evaluate, load_run
+
+    config, trainer, checkpoint = load_run(args.run_dir, args.device)
+    root = resolve_data_root(config.data.root, args.data_root)
+    data = load_dataset(config.data.dataset, root, download=config.data.download,
+                        normalize=config.data.normalize,
+                        limit_test=config.data.limit_test).to(trainer.device, trainer.dtype)
+    result = evaluate(trainer, data)
+    print(f"{args.run_dir}: epoch {checkpoint['epoch']}, test accuracy "
+          f"{100 * result['test_accuracy']:.2f}% on {data.test_x.shape[0]} images, "
+          f"output energy {result['test_energy']:.4g}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `pcsim` command; returns the exit status."""
+    from pcsim.config import ConfigError
+    from pcsim.units import UnitError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args) if args.command == "run" else _eval(args)
+    except (ConfigError, UnitError, FileNotFoundError, FileExistsError, FloatingPointError,
+            ValueError, RuntimeError) as exc:
+        print(f"pcsim {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pcsim {args.command}: interrupted; completed epochs are in the run folder",
+              file=sys.stderr)
+        return 130

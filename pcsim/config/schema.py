@@ -1,0 +1,149 @@
+"""The experiment configuration: frozen, validated models, one per YAML section.
+
+Validation is pydantic's (a well-kept library; STYLE.md suggests frozen dataclasses,
+and pydantic's frozen models with ``extra="forbid"`` are that plus the error
+messages). Keys equal the argument names used in code. Times are written with units
+in YAML (``tau_x: 10 ms``) and held here as SI floats (seconds).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from pcsim.units import parse_quantity
+
+__all__ = [
+    "ACTIVATIONS", "LayerConfig", "NetworkConfig", "DynamicsConfig", "LearningConfig",
+    "DataConfig", "RunConfig", "ExperimentConfig",
+]
+
+#: Activation names accepted in ``network.layers[*].activation``; defined in
+#: :mod:`pcsim.model.activations` (checked against it by tests).
+ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "leaky_relu")
+
+
+def _seconds(value):
+    return parse_quantity(value, "s")
+
+
+#: A time in seconds, written in YAML as "10 ms", "inf" or a bare number of seconds.
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class LayerConfig(_Section):
+    """One layer ``l``: ``size`` value neurons (and as many error neurons for l >= 1)."""
+
+    size: int = Field(gt=0, description="number of value neurons n_l")
+    activation: Literal[ACTIVATIONS] = Field(
+        "identity", description="f_l, applied to a_l = W_l x_{l-1} + b_l (unused for l = 0)")
+    prec: float = Field(1.0, gt=0, description="precision prec_l = 1/sigma_l^2 (SPEC 1)")
+
+
+class NetworkConfig(_Section):
+    """The chain of layers ``l = 0..L`` (SPEC section 1)."""
+
+    mode: Literal["supervised", "generative"] = "supervised"
+    layers: list[LayerConfig] = Field(min_length=2)
+    init: Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"] = (
+        "xavier_uniform")
+    prec_0: float = Field(1.0, gt=0, description="prior precision of a free x_0 (generative)")
+
+
+class DynamicsConfig(_Section):
+    """Fast activity and slow synapse timescales, and the Euler step (SPEC section 2)."""
+
+    tau_x: Seconds = Field(10e-3, gt=0, description="value-neuron time constant")
+    tau_eps: Seconds = Field(0.0, ge=0, description="error-neuron time constant; 0 = instantaneous")
+    tau_w: Seconds = Field(math.inf, gt=0, description="synapse time constant; inf = frozen")
+    dt: Seconds = Field(1e-3, gt=0, description="Euler step")
+    n_steps: Optional[int] = Field(None, ge=0, description="inference steps T per batch")
+    duration: Optional[Seconds] = Field(None, ge=0, description="simulated time per batch")
+
+    @model_validator(mode="after")
+    def _steps_or_duration(self):
+        if self.n_steps is not None and self.duration is not None:
+            raise ValueError("give either n_steps or duration, not both")
+        if self.duration is not None and not math.isfinite(self.duration):
+            raise ValueError("duration must be finite")
+        return self
+
+    @property
+    def steps(self) -> int:
+        """Number of Euler steps T per batch (``n_steps``, or ``duration / dt`` rounded)."""
+        if self.n_steps is not None:
+            return self.n_steps
+        if self.duration is not None:
+            return int(round(self.duration / self.dt))
+        return 20
+
+    @property
+    def eta_x(self) -> float:
+        """The discrete inference rate ``dt / tau_x`` (SPEC 2.3)."""
+        return self.dt / self.tau_x
+
+
+class LearningConfig(_Section):
+    """How weights learn: the PC local rule or the backprop baseline."""
+
+    rule: Literal["pc", "bp"] = "pc"
+    optimizer: Literal["sgd", "adam", "adamw", "none"] = "adam"
+    lr: float = Field(1e-3, gt=0, description="learning rate eta_w")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: anneal lr to 0 over the epochs, stepped per epoch")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, description="lambda in SPEC 2.2 (decoupled for adamw)")
+    batch_size: int = Field(64, gt=0)
+    epochs: int = Field(1, ge=0)
+    seed: int = Field(0, ge=0)
+
+
+class DataConfig(_Section):
+    """The data set and where it lives."""
+
+    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    root: Optional[str] = Field(
+        None, description="data root; else --data-root, else $PCSIM_DATA, else ~/.cache/pcsim/data")
+    normalize: bool = Field(True, description="standardise pixels by the training-set mean/std")
+    download: bool = Field(True, description="let torchvision fetch missing files")
+    limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training images")
+    limit_test: Optional[int] = Field(None, gt=0, description="use only the first N test images")
+
+
+class RunConfig(_Section):
+    """Where and how the run executes."""
+
+    backend: Literal["torch"] = "torch"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: Literal["float32", "float64"] = "float32"
+    out: str = Field("runs", description="folder that holds run folders")
+    name: Optional[str] = Field(None, description="run folder name; default: config stem + time")
+    progress: bool = True
+    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads")
+
+
+class ExperimentConfig(_Section):
+    """One experiment: ``network``, ``dynamics``, ``learning``, ``data``, ``run``."""
+
+    network: NetworkConfig
+    dynamics: DynamicsConfig = DynamicsConfig()
+    learning: LearningConfig = LearningConfig()
+    data: DataConfig = DataConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.network.mode == "generative":
+            raise ValueError("network.mode 'generative' is not trainable by `pcsim run` yet "
+                             "(the engine supports a free x_0 with its prior)")
+        if self.learning.rule == "bp" and self.learning.optimizer == "none":
+            raise ValueError("learning.optimizer 'none' needs rule 'pc' with a finite tau_w")
+        if (self.learning.optimizer == "none" and math.isinf(self.dynamics.tau_w)):
+            raise ValueError("learning.optimizer 'none' with tau_w = inf never changes a weight")
+        return self

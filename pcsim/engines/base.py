@@ -1,0 +1,43 @@
+"""Engine and hook protocols, and the engine registry (imported lazily).
+
+Engines own generic machinery only (the integrator, the sum over a projection,
+clamping, calling hooks); every law comes from :mod:`pcsim.model.equations`.
+Engines never import monitors: monitors implement :class:`StepHook`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["StepHook", "ENGINES", "get_engine_class"]
+
+
+@runtime_checkable
+class StepHook(Protocol):
+    """Observer called by an engine after every Euler step; it must not change state."""
+
+    def on_step(self, engine: Any, state: Any, step: int) -> None: ...
+
+
+#: Engine name -> "module:Class", imported only when asked for (``--backend torch``
+#: needs no brian2).
+ENGINES = {
+    "torch": "pcsim.engines.torch.engine:TorchEngine",
+}
+
+
+def get_engine_class(name: str):
+    """Import and return the engine class registered as ``name``.
+
+    Raises
+    ------
+    KeyError
+        Listing the valid names.
+    """
+    try:
+        target = ENGINES[name]
+    except KeyError:
+        raise KeyError(f"unknown backend {name!r}; valid: {sorted(ENGINES)}") from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)

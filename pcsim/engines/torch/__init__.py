@@ -1,0 +1,1 @@
+"""The torch engines (the only modules that import torch for simulation)."""

@@ -1,0 +1,83 @@
+"""The backprop baseline: the same network, weights and data pipeline, trained by
+autograd on the output energy ``0.5 prec_L ||target - f_L(a_L)||^2`` (batch mean)."""
+
+from __future__ import annotations
+
+import torch
+
+from pcsim.engines.torch.maps import build_maps, init_parameters
+from pcsim.model import equations as eq
+
+__all__ = ["BackpropTrainer"]
+
+
+class BackpropTrainer:
+    """Train a :class:`~pcsim.model.Network` by backprop (autograd is fine here).
+
+    The parameters are drawn by the same :func:`init_parameters` as the PC engine's,
+    so a PC run and a BP run with one seed start from identical weights.
+    """
+
+    name = "bp"
+
+    def __init__(self, network, *, device="cpu", dtype=torch.float32, seed=0,
+                 init="xavier_uniform", params=None):
+        self.network = network
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.L = network.n_layers
+        self.params = params or init_parameters(network, init, seed, self.device, dtype)
+        for t in self.parameters():
+            t.requires_grad_(True)
+        self.maps = build_maps(network, self.params)
+
+    @classmethod
+    def from_config(cls, config, network=None, device=None):
+        from pcsim.engines.torch.engine import resolve_device
+        from pcsim.model import Network
+        network = network or Network.from_config(config.network)
+        return cls(network, device=device or resolve_device(config.run.device),
+                   dtype=getattr(torch, config.run.dtype), seed=config.learning.seed,
+                   init=config.network.init)
+
+    def parameters(self):
+        return [t for pair in self.params for t in pair]
+
+    def state_dict(self) -> dict:
+        return {"W": [w.detach().cpu() for w, _ in self.params],
+                "b": [b.detach().cpu() for _, b in self.params],
+                "prec": [layer.prec for layer in self.network.layers]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for (w, b), w_new, b_new in zip(self.params, state["W"], state["b"]):
+            if w.shape != w_new.shape:
+                raise ValueError(f"checkpoint weights {tuple(w_new.shape)} do not fit the "
+                                 f"network's {tuple(w.shape)}")
+            w.copy_(w_new)
+            b.copy_(b_new)
+
+    def forward(self, x0):
+        x = torch.as_tensor(x0, device=self.device, dtype=self.dtype)
+        for l in range(1, self.L + 1):
+            x = self.network.layers[l].activation.f(self.maps[l].forward(x), torch)
+        return x
+
+    @torch.no_grad()
+    def predict(self, x0):
+        return self.forward(x0)
+
+    def loss(self, x0, target):
+        top = self.network.layers[self.L]
+        target = torch.as_tensor(target, device=self.device, dtype=self.dtype)
+        return eq.layer_energy(target, self.forward(x0), top.prec, top.size).mean()
+
+    def train_batch(self, x0, target, optimizer=None, hooks=()) -> dict:
+        """One backprop step; returns the batch-mean output energy before the step."""
+        loss = self.loss(x0, target)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        loss = loss.detach()
+        return {"energy_initial": loss, "energy_final": loss}

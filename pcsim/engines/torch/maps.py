@@ -1,0 +1,84 @@
+"""Projection maps for the torch engine: forward ``W x + b``, adjoint ``W^T g`` and the
+local weight-gradient map, one class per projection kind.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["DenseMap", "init_parameters", "build_maps"]
+
+
+class DenseMap:
+    """A dense projection ``l``: ``W`` of shape ``(n_post, n_pre)`` and bias ``b``.
+
+    The weight tensors are plain leaf tensors (no autograd); optimizers update them in
+    place, and every map method sees the update.
+    """
+
+    kind = "dense"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.weight = weight
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``a = W x + b`` for a batch ``x`` of shape ``(batch, n_pre)``."""
+        return torch.addmm(self.bias, x, self.weight.t())  # (B, n_pre) @ (n_pre, n_post)
+
+    def adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        """Return ``W^T g`` for a batch ``g`` of shape ``(batch, n_post)``."""
+        return g @ self.weight  # (B, n_post) @ (n_post, n_pre)
+
+    def weight_grad(self, g: torch.Tensor, x_pre: torch.Tensor) -> torch.Tensor:
+        """Return the batch mean of the local outer product ``g x_pre^T`` (= -dE/dW)."""
+        return (g.t() @ x_pre) / g.shape[0]  # (n_post, B) @ (B, n_pre)
+
+    def bias_grad(self, g: torch.Tensor) -> torch.Tensor:
+        """Return the batch mean of ``g`` (= -dE/db)."""
+        return g.mean(0)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.weight, self.bias]
+
+
+def init_parameters(network, init: str, seed: int, device, dtype) -> list[list[torch.Tensor]]:
+    """Draw ``[W_l, b_l]`` for every projection from an explicit seed.
+
+    The draw happens on the CPU in float64 and is then cast, so CPU and CUDA runs, and
+    float32 and float64 runs, start from the same weights.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for p in network.projections:
+        fan_in, fan_out = p.n_pre, p.n_post
+        if init == "xavier_uniform":
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            w = (torch.rand(fan_out, fan_in, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        elif init == "xavier_normal":
+            std = math.sqrt(2.0 / (fan_in + fan_out))
+            w = torch.randn(fan_out, fan_in, generator=generator, dtype=torch.float64) * std
+        elif init == "kaiming_uniform":
+            bound = math.sqrt(6.0 / fan_in)
+            w = (torch.rand(fan_out, fan_in, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        elif init == "kaiming_normal":
+            std = math.sqrt(2.0 / fan_in)
+            w = torch.randn(fan_out, fan_in, generator=generator, dtype=torch.float64) * std
+        else:
+            raise KeyError(f"unknown init {init!r}; valid: xavier_uniform, xavier_normal, "
+                           "kaiming_uniform, kaiming_normal")
+        b = torch.zeros(fan_out, dtype=torch.float64)
+        params.append([w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)])
+    return params
+
+
+def build_maps(network, params) -> list:
+    """Return ``maps`` with ``maps[l]`` the projection predicting layer ``l`` (``maps[0]`` is None)."""
+    maps = [None]
+    for p, (w, b) in zip(network.projections, params):
+        if p.kind != "dense":
+            raise KeyError(f"unknown projection kind {p.kind!r}; valid: dense")
+        maps.append(DenseMap(w, b))
+    return maps

@@ -1,0 +1,242 @@
+"""Orchestration: build, train, evaluate, write the run folder. Owns no math."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from pcsim import __version__
+from pcsim.config import ExperimentConfig, config_from_dict
+from pcsim.data import Dataset, iterate_batches, load_dataset, resolve_data_root
+from pcsim.engines.base import get_engine_class
+from pcsim.engines.torch.engine import resolve_device
+from pcsim.engines.torch.optim import make_optimizer, make_scheduler
+from pcsim.model import Network, bp_train_cost, feedforward_cost, pc_train_cost
+from pcsim.runio import atomic_path, write_json, write_text
+
+__all__ = ["RunResult", "run_experiment", "evaluate", "build_trainer", "load_run",
+           "machine_info"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+CONFIG = "config.yaml"
+RUN_INFO = "run.json"
+
+
+@dataclass
+class RunResult:
+    """What a run leaves: its folder and one metrics record per epoch."""
+
+    run_dir: Path
+    metrics: list = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.metrics[-1]["test_accuracy"] if self.metrics else float("nan")
+
+
+def machine_info(device: torch.device) -> dict:
+    """Describe where a run executes (for run.json and results tables)."""
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def build_trainer(config: ExperimentConfig, network: Network, device: torch.device):
+    """Return the PC engine (``learning.rule: pc``) or the BP baseline (``bp``)."""
+    if config.learning.rule == "bp":
+        from pcsim.engines.torch.backprop import BackpropTrainer
+        return BackpropTrainer.from_config(config, network, device)
+    return get_engine_class(config.run.backend).from_config(config, network, device)
+
+
+def _train_cost(config: ExperimentConfig, network: Network):
+    if config.learning.rule == "bp":
+        return bp_train_cost(network)
+    return pc_train_cost(network, config.dynamics.steps, config.dynamics.tau_w)
+
+
+@torch.no_grad()
+def evaluate(trainer, data: Dataset, batch_size: int = 1000) -> dict:
+    """Feedforward read-out on the test set: accuracy and mean output energy."""
+    correct, energy, n = 0, 0.0, data.test_x.shape[0]
+    top = trainer.network.layers[-1]
+    for idx in iterate_batches(n, batch_size, shuffle=False):
+        y = trainer.predict(data.test_x[idx])
+        target = data.one_hot(data.test_y[idx], y.dtype)
+        correct += int((y.argmax(1) == data.test_y[idx]).sum())
+        energy += float((0.5 * top.prec * ((target - y) ** 2).sum(1)).sum())
+    return {"test_accuracy": correct / n, "test_energy": energy / n}
+
+
+def _save_checkpoint(path: Path, trainer, optimizer, scheduler, config, epoch: int) -> None:
+    state = trainer.state_dict()
+    for tensor in state["W"] + state["b"]:
+        if not torch.isfinite(tensor).all():
+            raise FloatingPointError(f"non-finite weights after epoch {epoch}; the last good "
+                                     f"checkpoint in {path.parent} is kept")
+    payload = {"params": state, "optimizer": optimizer.state_dict() if optimizer else None,
+               "scheduler": scheduler.state_dict() if scheduler else None,
+               "config": config.model_dump(), "epoch": epoch,
+               "pcsim_version": __version__}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _make_run_dir(config: ExperimentConfig, source: Optional[str], out: Optional[str]) -> Path:
+    stem = Path(source).stem if source else "run"
+    name = config.run.name or f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(out or config.run.out) / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run folder {run_dir} exists and is not empty; choose another "
+                              "run.name or --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
+                   data_root: Optional[str] = None, out: Optional[str] = None,
+                   progress: Optional[bool] = None) -> RunResult:
+    """Train and evaluate ``config``; write the run folder (SPEC section 5).
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+    source : str, optional
+        The YAML file it came from (names the run folder).
+    data_root : str, optional
+        Overrides ``data.root`` (the ``--data-root`` flag).
+    out : str, optional
+        Overrides ``run.out``.
+    progress : bool, optional
+        Overrides ``run.progress``.
+
+    Returns
+    -------
+    RunResult
+    """
+    from tqdm.auto import tqdm
+
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    torch.manual_seed(config.learning.seed)
+    device = resolve_device(config.run.device)
+    dtype = getattr(torch, config.run.dtype)
+    network = Network.from_config(config.network)
+    if network.sizes[0] != 784 or network.sizes[-1] != 10:
+        raise ValueError(f"{source or 'config'}: network.layers: {config.data.dataset} needs "
+                         f"784 input and 10 output neurons, got {network.sizes}")
+    root = resolve_data_root(config.data.root, data_root)
+    data = load_dataset(config.data.dataset, root, download=config.data.download,
+                        normalize=config.data.normalize, limit_train=config.data.limit_train,
+                        limit_test=config.data.limit_test).to(device, dtype)
+    trainer = build_trainer(config, network, device)
+    optimizer = make_optimizer(config.learning, trainer.parameters())
+    scheduler = make_scheduler(config.learning, optimizer)
+    train_cost, test_cost = _train_cost(config, network), feedforward_cost(network)
+
+    run_dir = _make_run_dir(config, source, out)
+    resolved = config.model_dump()
+    resolved["data"]["root"] = str(root)
+    write_text(run_dir / CONFIG, yaml.safe_dump(resolved, sort_keys=False))
+    info = {"pcsim_version": __version__, "source": source,
+            "started": _dt.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine_info(device)}
+    write_json(run_dir / RUN_INFO, info)
+
+    n_train = data.train_x.shape[0]
+    batch_size = config.learning.batch_size
+    n_batches = math.ceil(n_train / batch_size)
+    show = config.run.progress if progress is None else progress
+    generator = torch.Generator().manual_seed(config.learning.seed)
+    result = RunResult(run_dir)
+    bar = tqdm(total=config.learning.epochs * n_batches, disable=not show, unit="batch",
+               dynamic_ncols=True, desc=Path(source).stem if source else "run")
+    try:
+        for epoch in range(1, config.learning.epochs + 1):
+            e0_sum = torch.zeros((), device=device, dtype=torch.float64)
+            e1_sum = torch.zeros((), device=device, dtype=torch.float64)
+            start = time.perf_counter()
+            for k, idx in enumerate(iterate_batches(n_train, batch_size, generator)):
+                idx = idx.to(device)
+                x0 = data.train_x[idx]
+                target = data.one_hot(data.train_y[idx], dtype)
+                out_b = trainer.train_batch(x0, target, optimizer)
+                e0_sum += out_b["energy_initial"] * len(idx)
+                e1_sum += out_b["energy_final"] * len(idx)
+                bar.update(1)
+                if k % 100 == 0:
+                    e1 = float(out_b["energy_final"])
+                    if not math.isfinite(e1):
+                        raise FloatingPointError(
+                            f"free energy is {e1} at epoch {epoch}, batch {k}: the run "
+                            f"diverged (lower learning.lr or dynamics.dt); the last good "
+                            f"checkpoint and metrics in {run_dir} are kept")
+                    bar.set_postfix(epoch=epoch, E=f"{e1:.4g}")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time = time.perf_counter() - start
+            lr = optimizer.param_groups[0]["lr"] if optimizer else 0.0
+            if scheduler is not None:
+                scheduler.step()
+            start = time.perf_counter()
+            test = evaluate(trainer, data)
+            eval_time = time.perf_counter() - start
+            record = {
+                "epoch": epoch,
+                "train_energy_initial": float(e0_sum) / n_train,
+                "train_energy_final": float(e1_sum) / n_train,
+                **test,
+                "train_wall_time_s": train_time,
+                "eval_wall_time_s": eval_time,
+                "train_samples_per_s": n_train / train_time,
+                "lr": lr,
+                "dense_macs_per_train_sample": train_cost.macs,
+                "dense_flops_per_train_sample": train_cost.flops,
+                "dense_flops_per_test_sample": test_cost.flops,
+            }
+            if not all(math.isfinite(v) for v in record.values()):
+                raise FloatingPointError(f"non-finite metrics at epoch {epoch}: {record}; the "
+                                         f"last good checkpoint in {run_dir} is kept")
+            _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config, epoch)
+            result.metrics.append(record)
+            write_json(run_dir / METRICS, result.metrics)
+            from pcsim.plots import plot_metrics
+            plot_metrics(result.metrics, run_dir, title=Path(source).stem if source else "")
+            bar.write(f"epoch {epoch}: test accuracy {100 * test['test_accuracy']:.2f}%, "
+                      f"E {record['train_energy_final']:.4g}, {train_time:.1f} s")
+    finally:
+        bar.close()
+    info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+    write_json(run_dir / RUN_INFO, info)
+    return result
+
+
+def load_run(run_dir: str | Path, device: Optional[str] = None):
+    """Load a run folder's config and checkpoint; return ``(config, trainer, checkpoint)``."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"{ckpt_path}: no checkpoint (expected a run folder written "
+                                "by `pcsim run`, or its checkpoint.pt)")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    config = config_from_dict(checkpoint["config"], str(ckpt_path))
+    if device:
+        config = config.model_copy(update={"run": config.run.model_copy(update={"device": device})})
+    network = Network.from_config(config.network)
+    trainer = build_trainer(config, network, resolve_device(config.run.device))
+    trainer.load_state_dict(checkpoint["params"])
+    return config, trainer, checkpoint

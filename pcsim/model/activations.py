@@ -1,0 +1,72 @@
+"""Activation functions ``f`` and their derivatives ``f_prime``, written once.
+
+Each function takes the array namespace ``xp`` (``numpy`` or ``torch``) so the same
+definition serves every engine and the numpy references in the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = ["Activation", "ACTIVATIONS", "get_activation"]
+
+_LEAK = 0.01  # leaky_relu slope for a < 0 (PyTorch's default)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A pointwise nonlinearity ``f`` with its derivative ``f_prime``.
+
+    Parameters
+    ----------
+    name : str
+        Registry name, as written in ``network.layers[*].activation``.
+    f, f_prime : callable
+        ``f(a, xp)`` and ``f_prime(a, xp)`` on an array ``a`` of namespace ``xp``.
+    brian2 : str
+        ``f`` as a brian2 expression of ``a`` (for the brian2 engine).
+    """
+
+    name: str
+    f: Callable[[Any, Any], Any]
+    f_prime: Callable[[Any, Any], Any]
+    brian2: str
+
+    @property
+    def is_identity(self) -> bool:
+        """True when ``f_prime`` is 1 everywhere (engines may skip the gating product)."""
+        return self.name == "identity"
+
+
+def _sigmoid(a, xp):
+    return 1.0 / (1.0 + xp.exp(-a))
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "identity": Activation("identity", lambda a, xp: a, lambda a, xp: a * 0 + 1, "a"),
+    "tanh": Activation("tanh", lambda a, xp: xp.tanh(a),
+                       lambda a, xp: 1 - xp.tanh(a) ** 2, "tanh(a)"),
+    "relu": Activation("relu", lambda a, xp: a * (a > 0), lambda a, xp: (a > 0) * 1.0,
+                       "a * int(a > 0)"),
+    "sigmoid": Activation("sigmoid", _sigmoid,
+                          lambda a, xp: _sigmoid(a, xp) * (1 - _sigmoid(a, xp)),
+                          "1 / (1 + exp(-a))"),
+    "leaky_relu": Activation("leaky_relu", lambda a, xp: xp.where(a > 0, a, _LEAK * a),
+                             lambda a, xp: xp.where(a > 0, a * 0 + 1, a * 0 + _LEAK),
+                             f"a * int(a > 0) + {_LEAK} * a * int(a <= 0)"),
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Return the registered activation ``name``.
+
+    Raises
+    ------
+    KeyError
+        Listing the valid names.
+    """
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise KeyError(f"unknown activation {name!r}; valid: {sorted(ACTIVATIONS)}") from None

@@ -1,0 +1,105 @@
+r"""The predictive-coding equations, written once (SPEC sections 1-2).
+
+Notation (used unchanged in code, YAML keys, HDF5 paths and plot labels)
+-----------------------------------------------------------------------
+=========  ==============================================================
+``l``      layer index, ``0..L``; layer ``l`` is predicted from ``l-1``
+``x``      value neurons ``x_l`` (n_l per layer)
+``eps``    error neurons ``eps_l`` (layers ``l >= 1``)
+``a``      pre-activation ``a_l = W_l x_{l-1} + b_l``
+``mu``     prediction ``mu_l = f_l(a_l)``
+``f``      activation; ``f_prime`` its derivative
+``g``      gated error ``g_l = f_prime_l(a_l) * eps_l`` (what error neurons send down)
+``W, b``   weights (``n_l x n_{l-1}``, or a kernel) and bias of projection ``l``
+``prec``   precision ``prec_l = 1 / sigma_l^2``; ``prec_0`` the prior on a free ``x_0``
+``tau_x``  value-neuron time constant (s); ``tau_eps`` error neurons; ``tau_w`` synapses
+``E``      free energy ``sum_l 0.5 prec_l ||x_l - mu_l||^2 - 0.5 n_l ln prec_l``
+=========  ==============================================================
+
+The dynamics (Bogacz 2017, J. Math. Psychol. 76:198; Whittington & Bogacz 2017,
+Neural Comput. 29:1229; arXiv 2508.08762 with its indices reversed, see SPEC 1)::
+
+    tau_x   dx_l/dt   = -eps_l + W_{l+1}^T g_{l+1}                 (= -dE/dx_l)
+    tau_eps deps_l/dt = prec_l (x_l - mu_l) - eps_l                (tau_eps = 0: eps at its fixed point)
+    tau_w   dW_l/dt   = g_l x_{l-1}^T - lambda W_l                 (= -dE/dW_l - decay, batch mean)
+    tau_w   db_l/dt   = g_l
+
+A free bottom layer (generative mode) carries the Gaussian prior ``0.5 prec_0 ||x_0||^2``,
+which enters ``dx_0/dt`` exactly as an error ``eps_0 = prec_0 x_0`` would.
+
+``W x`` is the projection's forward map and ``W^T g`` its adjoint; nothing here assumes a
+dense matrix. The weight-gradient map (``g x^T`` for a dense projection) also belongs to
+the projection. Every function below works on numpy arrays and torch tensors alike; the
+brian2 strings state the same laws for the brian2 engine, and tests check the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "VALUE_EQS", "ERROR_EQS", "WEIGHT_EQS", "BIAS_EQS",
+    "error_fixed_point", "error_rhs", "gated_error", "value_rhs", "weight_rhs", "bias_rhs",
+    "layer_energy", "prior_energy",
+]
+
+#: Value neuron, layer l: its own error against the feedback from the layer above.
+VALUE_EQS = "dx/dt = (-eps + I_fb) / tau_x : 1"  # I_fb = W_{l+1}^T (f'(a_{l+1}) * eps_{l+1})
+#: Error neuron, layer l: leaky estimate of eps_l = prec_l * (x_l - f(a_l)).
+ERROR_EQS = "deps/dt = (prec * (x - mu) - eps) / tau_eps : 1"  # mu = f(a), a = W_l x_{l-1} + b_l
+#: Plasticity of W_l: pre = value neuron of layer l-1, post = error neuron of layer l.
+WEIGHT_EQS = "dw/dt = (g_post * x_pre - lambda_w * w) / tau_w : 1"  # g = f'(a) * eps
+#: Plasticity of b_l: the post-synaptic gated error alone.
+BIAS_EQS = "db/dt = g / tau_w : 1"
+
+
+def error_fixed_point(x, mu, prec):
+    """Return ``eps = prec * (x - mu)``, the error neuron's fixed point (SPEC 1)."""
+    return prec * (x - mu)
+
+
+def error_rhs(eps, x, mu, prec, tau_eps):
+    """Return ``deps/dt = (prec (x - mu) - eps) / tau_eps`` (SPEC 2.1), in 1/s."""
+    return (error_fixed_point(x, mu, prec) - eps) / tau_eps
+
+
+def gated_error(eps, f_prime_a):
+    """Return ``g = f'(a) * eps``, the signal error neurons send through ``W^T``."""
+    return f_prime_a * eps
+
+
+def value_rhs(eps, feedback, tau_x):
+    """Return ``dx/dt = (-eps + W_{l+1}^T g_{l+1}) / tau_x`` (SPEC 2.1).
+
+    ``feedback`` is the adjoint of the projection above applied to its gated error, or
+    ``0`` for the top layer.
+    """
+    return (feedback - eps) / tau_x
+
+
+def weight_rhs(local_grad, w, weight_decay, tau_w):
+    """Return ``dW/dt = (g x^T - lambda W) / tau_w`` (SPEC 2.2).
+
+    ``local_grad`` is ``-dE/dW`` from the projection's weight-gradient map, batch mean.
+    """
+    return (local_grad - weight_decay * w) / tau_w
+
+
+def bias_rhs(local_grad, tau_w):
+    """Return ``db/dt = g / tau_w`` (SPEC 2.2); ``local_grad`` is the batch mean of ``g``."""
+    return local_grad / tau_w
+
+
+def layer_energy(x, mu, prec, n):
+    """Return layer ``l``'s free energy per sample, ``0.5 prec ||x - mu||^2 - 0.5 n ln prec``.
+
+    ``x`` and ``mu`` have shape ``(batch, n)``; the result has shape ``(batch,)``.
+    """
+    diff = x - mu
+    return 0.5 * prec * (diff * diff).sum(-1) - 0.5 * n * math.log(prec)
+
+
+def prior_energy(x0, prec_0):
+    """Return the prior ``0.5 prec_0 ||x_0||^2`` on a free bottom layer, per sample."""
+    return 0.5 * prec_0 * (x0 * x0).sum(-1)
+

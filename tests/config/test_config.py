@@ -1,0 +1,93 @@
+"""Config validation: every bad input names the file, the key and what was expected."""
+
+from pathlib import Path
+
+import pytest
+
+from pcsim.config import ConfigError, load_config
+from pcsim.units import UnitError, parse_quantity
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """
+network:
+  layers:
+    - {size: 4}
+    - {size: 3, activation: tanh}
+    - {size: 2}
+dynamics: {tau_x: 10 ms, dt: 0.5 ms, n_steps: 4}
+learning: {lr: 0.01, epochs: 1}
+"""
+
+
+def _write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "networks").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_networks_validate(path):
+    """Every experiment file in networks/ is a valid config."""
+    cfg = load_config(path)
+    assert cfg.network.layers[0].size > 0
+
+
+def test_units_are_parsed_into_seconds(tmp_path):
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.dynamics.tau_x == pytest.approx(10e-3, rel=1e-15)
+    assert cfg.dynamics.dt == pytest.approx(0.5e-3, rel=1e-15)
+    assert cfg.dynamics.eta_x == pytest.approx(0.05, rel=1e-12)
+    assert cfg.dynamics.tau_w == float("inf")
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    (GOOD.replace("lr: 0.01", "lr: 0.01, lrr: 3"), "learning.lrr", "unknown key"),
+    (GOOD.replace("lr: 0.01", "lr: fast"), "learning.lr", "valid number"),
+    (GOOD.replace("lr: 0.01", "lr: -1"), "learning.lr", "greater than 0"),
+    (GOOD.replace("tau_x: 10 ms", "tau_x: 10 mV"), "dynamics.tau_x", "not a quantity in s"),
+    (GOOD.replace("tau_x: 10 ms", "tau_x: 0 ms"), "dynamics.tau_x", "greater than 0"),
+    (GOOD.replace("activation: tanh", "activation: tanhh"), "network.layers.1.activation",
+     "'identity', 'tanh'"),
+    (GOOD.replace("{size: 3, activation: tanh}", "{size: 0}"), "network.layers.1.size",
+     "greater than 0"),
+    (GOOD.replace("n_steps: 4", "n_steps: 4, duration: 5 ms"), "dynamics",
+     "either n_steps or duration"),
+    ("learning: {lr: 0.1}\n", "network", "required key is missing"),
+])
+def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expected):
+    """Unknown keys, wrong types, bad units and out-of-range values raise ConfigError
+    whose message holds the file path, the dotted key and what was expected."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"{key}:" in message
+    assert expected in message
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    path = _write(tmp_path, "network: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_overrides_replace_dotted_keys_and_are_validated(tmp_path):
+    path = _write(tmp_path, GOOD)
+    cfg = load_config(path, {"learning.epochs": 3, "network.layers.1.size": 7})
+    assert cfg.learning.epochs == 3 and cfg.network.layers[1].size == 7
+    with pytest.raises(ConfigError, match="learning.epochs"):
+        load_config(path, {"learning.epochs": -2})
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(path, {"network.layers.9.size": 3})
+
+
+def test_parse_quantity_rejects_garbage():
+    assert parse_quantity("2.5 us", "s") == pytest.approx(2.5e-6, rel=1e-15)
+    assert parse_quantity("3.1 pJ", "J") == pytest.approx(3.1e-12, rel=1e-15)
+    for bad in ("ten ms", "5 kg", True, [1]):
+        with pytest.raises(UnitError):
+            parse_quantity(bad, "s")

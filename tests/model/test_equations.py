@@ -1,0 +1,67 @@
+"""Closed-form oracles for single populations (SPEC 2.1) and the activation registry."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pcsim.config.schema import ACTIVATIONS as SCHEMA_ACTIVATIONS
+from pcsim.engines.torch.engine import TorchEngine
+from pcsim.model import ACTIVATIONS
+from tests.conftest import ROUNDOFF, assert_close, make_dynamics, make_network
+
+
+def test_activation_registry_matches_schema():
+    """The YAML schema lists exactly the registered activations (else a valid config
+    could name an activation the model does not have)."""
+    assert set(SCHEMA_ACTIVATIONS) == set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_f_prime_is_derivative_of_f(name):
+    """f_prime equals the central finite difference of f, on numpy and torch alike."""
+    act = ACTIVATIONS[name]
+    a = np.linspace(-3, 3, 61) + 0.013  # avoid the kink of relu at 0
+    h = 1e-6
+    numeric = (act.f(a + h, np) - act.f(a - h, np)) / (2 * h)
+    assert_close(act.f_prime(a, np), numeric, atol=1e-8)
+    assert_close(act.f_prime(torch.tensor(a), torch), act.f_prime(a, np), atol=ROUNDOFF)
+
+
+def test_lone_value_neuron_relaxes_exponentially():
+    """With x_0 clamped and the top layer free, dx/dt = -prec (x - mu)/tau_x, so Euler gives
+    x_k = mu + (x0 - mu)(1 - prec dt/tau_x)^k exactly, and the ODE exp(-prec t/tau_x).
+    A wrong sign or a missing precision in value_rhs breaks both."""
+    net = make_network([3, 4], ["identity", "identity"], prec=[1.0, 2.5])
+    dyn = make_dynamics(tau_x=10e-3, dt=1e-5)
+    eng = TorchEngine(net, dyn, dtype=torch.float64)
+    x_in = torch.randn(2, 3, dtype=torch.float64)
+    s = eng.init_state(x_in, phase="test")
+    mu = s.mu[1].clone()
+    x_start = mu + torch.randn(2, 4, dtype=torch.float64)
+    eng.assign(s, 1, x=x_start)
+    n = 1000  # t = 10 ms = tau_x
+    eng.infer(s, n)
+    prec, eta = 2.5, 1e-5 / 10e-3
+    assert_close(s.x[1], mu + (x_start - mu) * (1 - prec * eta) ** n, atol=ROUNDOFF)
+    exact = mu + (x_start - mu) * math.exp(-prec * n * 1e-5 / 10e-3)
+    # Euler's global error is about 0.5 * (prec eta)^2 n |x0 - mu| at this step size
+    assert_close(s.x[1], exact, atol=0.5 * (prec * eta) ** 2 * n * 5 * 2)
+
+
+def test_leaky_error_neuron_relaxes_to_fixed_point():
+    """With x and mu clamped, tau_eps deps/dt = prec (x - mu) - eps: from eps = 0, Euler
+    gives eps_k = fix (1 - (1 - dt/tau_eps)^k) with fix = prec (x - mu)."""
+    net = make_network([3, 4], ["identity", "tanh"], prec=[1.0, 0.7])
+    dyn = make_dynamics(tau_x=10e-3, tau_eps=2e-3, dt=1e-5)
+    eng = TorchEngine(net, dyn, dtype=torch.float64)
+    x_in, target = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    s = eng.init_state(x_in, target, phase="train")
+    fix = 0.7 * (target - torch.tanh(s.a[1]))
+    assert_close(s.eps[1], fix, atol=ROUNDOFF)  # starts at its fixed point
+    eng.assign(s, 1, eps=torch.zeros(5, 4))
+    k = 400
+    eng.infer(s, k)
+    assert_close(s.eps[1], fix * (1 - (1 - 1e-5 / 2e-3) ** k), atol=ROUNDOFF)
+    assert_close(s.x[1], target, atol=0)  # clamped layers do not move

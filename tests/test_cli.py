@@ -1,0 +1,79 @@
+"""End to end: `pcsim run` on a slice of real MNIST, then `pcsim eval` on its checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from pcsim.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL = ["--set", "network.layers.1.size=64", "--set", "network.layers.2.size=64",
+         "--set", "data.limit_train=10000", "--set", "data.limit_test=1000",
+         "--set", "dynamics.n_steps=5", "--set", "learning.lr=0.003",
+         "--set", "run.device=cpu", "--no-progress"]
+
+
+def test_run_writes_a_complete_run_folder_and_eval_reloads_it(mnist_root, tmp_path, capsys):
+    """A 2-epoch PC run on 10000 MNIST images leaves config, metrics (one record per
+    epoch, with the analytic FLOP count), checkpoint and plots; `pcsim eval` on the
+    checkpoint reproduces the last recorded test accuracy exactly."""
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
+               "--out", str(tmp_path), "--set", "run.name=small", "--epochs", "2", *SMALL])
+    assert rc == 0
+    run_dir = tmp_path / "small"
+    for name in ("config.yaml", "metrics.json", "checkpoint.pt", "accuracy.png",
+                 "energy.png", "run.json"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    # 784-64-64-10, T = 5: ff 54912, per step 2 * (4096 + 640), learning 54912
+    assert metrics[-1]["dense_flops_per_train_sample"] == 2 * (54912 + 5 * 9472 + 54912)
+    assert metrics[-1]["test_accuracy"] > 0.85  # chance is 0.10
+    assert metrics[-1]["train_energy_final"] < metrics[-1]["train_energy_initial"]
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["network"]["layers"][1]["size"] == 64
+    assert resolved["dynamics"]["tau_w"] == float("inf")
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--data-root", str(mnist_root)]) == 0
+    out = capsys.readouterr().out
+    assert f"test accuracy {100 * metrics[-1]['test_accuracy']:.2f}%" in out
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["optimizer"]["state"]
+
+
+def test_backprop_baseline_runs_on_the_same_pipeline(mnist_root, tmp_path):
+    rc = main(["run", str(REPO / "networks" / "mnist_bp.yaml"), "--data-root", str(mnist_root),
+               "--out", str(tmp_path), "--set", "run.name=bp", "--epochs", "1", *SMALL])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "bp" / "metrics.json").read_text())
+    assert metrics[0]["test_accuracy"] > 0.85
+    # BP 784-64-64-10: forward 54912, backward adjoints 4096 + 640, weight grads 54912
+    assert metrics[0]["dense_flops_per_train_sample"] == 2 * (54912 + 4736 + 54912)
+
+
+def test_bad_config_exits_2_with_a_message(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("network:\n  layers: [{size: 784}, {size: 10}]\nlearning: {epochs: -1}\n")
+    assert main(["run", str(bad), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "learning.epochs" in err and "greater than or equal to 0" in err
+    assert not list(tmp_path.glob("bad-*")), "no run folder for a config that failed"
+
+
+def test_missing_data_exits_2_naming_the_root(tmp_path, capsys):
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root",
+               str(tmp_path / "nodata"), "--out", str(tmp_path), "--set", "data.download=false",
+               "--no-progress"])
+    assert rc == 2
+    assert str(tmp_path / "nodata") in capsys.readouterr().err
+
+
+def test_python_dash_m_pcsim_is_the_cli():
+    result = subprocess.run([sys.executable, "-m", "pcsim", "run", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--data-root" in result.stdout and "--device" in result.stdout
