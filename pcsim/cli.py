@@ -30,7 +30,39 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", help="a run folder written by `pcsim run` (or its checkpoint.pt)")
     ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     ev.add_argument("--data-root", help="data root (overrides the run's data.root)")
+
+    en = sub.add_parser("energy", help="print the energy table of a run, per hardware profile")
+    en.add_argument("run_dir", help="a run folder written by `pcsim run`")
+    en.add_argument("--profile", action="append", default=None, metavar="NAME",
+                    help="hw_profiles/NAME.yaml (repeatable; default: the run's profiles)")
+    en.add_argument("--profiles-dir", help="folder of profiles (default: $PCSIM_HW_PROFILES "
+                    "or the checkout's hw_profiles/)")
+    en.add_argument("--json", action="store_true", help="print the full report as JSON")
     return parser
+
+
+def _energy(args) -> int:
+    import json
+    from pathlib import Path
+
+    from pcsim.energy import available_profiles
+    from pcsim.energy.report import build_energy_report, format_energy_table
+    from pcsim.monitors import OpCounts
+
+    run_dir = Path(args.run_dir)
+    path = run_dir / "op_counts.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no op counts (the run was made with run.count_ops "
+                                "false, or did not finish an epoch)")
+    counts = {work: OpCounts.from_json(data) for work, data in json.loads(path.read_text()).items()}
+    names = args.profile
+    if not names:
+        saved = run_dir / "energy_report.json"
+        names = (list(json.loads(saved.read_text())["profiles"]) if saved.exists()
+                 else available_profiles(args.profiles_dir))
+    report = build_energy_report(counts, names, args.profiles_dir)
+    print(json.dumps(report, indent=2) if args.json else format_energy_table(report))
+    return 0
 
 
 def _run(args) -> int:
@@ -73,13 +105,14 @@ def _eval(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `pcsim` command; returns the exit status."""
     from pcsim.config import ConfigError
+    from pcsim.energy import ProfileError
     from pcsim.units import UnitError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return _run(args) if args.command == "run" else _eval(args)
-    except (ConfigError, UnitError, FileNotFoundError, FileExistsError, FloatingPointError,
+        return {"run": _run, "eval": _eval, "energy": _energy}[args.command](args)
+    except (ConfigError, ProfileError, UnitError, FileNotFoundError, FileExistsError, FloatingPointError,
             ValueError, RuntimeError) as exc:
         print(f"pcsim {args.command}: error: {exc}", file=sys.stderr)
         return 2

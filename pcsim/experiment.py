@@ -20,13 +20,18 @@ from pcsim.data import Dataset, iterate_batches, load_dataset, resolve_data_root
 from pcsim.engines.base import get_engine_class
 from pcsim.engines.torch.engine import resolve_device
 from pcsim.engines.torch.optim import make_optimizer, make_scheduler
+from pcsim.energy import available_profiles
+from pcsim.energy.report import build_energy_report
 from pcsim.model import Network, bp_train_cost, feedforward_cost, pc_train_cost
+from pcsim.monitors import OpCounter
 from pcsim.runio import atomic_path, write_json, write_text
 
 __all__ = ["RunResult", "run_experiment", "evaluate", "build_trainer", "load_run",
            "machine_info"]
 
 CHECKPOINT = "checkpoint.pt"
+OP_COUNTS = "op_counts.json"
+ENERGY_REPORT = "energy_report.json"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
@@ -70,16 +75,42 @@ def _train_cost(config: ExperimentConfig, network: Network):
 
 
 @torch.no_grad()
-def evaluate(trainer, data: Dataset, batch_size: int = 1000) -> dict:
-    """Feedforward read-out on the test set: accuracy and mean output energy."""
+def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None) -> dict:
+    """Feedforward read-out on the test set: accuracy and mean output energy.
+
+    With a ``recorder``, the engine counts the ops of the read-out (in event mode: the
+    events of the sigma-delta feedforward pass)."""
     correct, energy, n = 0, 0.0, data.test_x.shape[0]
     top = trainer.network.layers[-1]
+    trainer.recorder = recorder
+    if recorder is not None:
+        recorder.add_samples(n)
     for idx in iterate_batches(n, batch_size, shuffle=False):
         y = trainer.predict(data.test_x[idx])
         target = data.one_hot(data.test_y[idx], y.dtype)
         correct += int((y.argmax(1) == data.test_y[idx]).sum())
         energy += float((0.5 * top.prec * ((target - y) ** 2).sum(1)).sum())
+    trainer.recorder = None
     return {"test_accuracy": correct / n, "test_energy": energy / n}
+
+
+def _new_counter(config: ExperimentConfig) -> OpCounter:
+    counter = OpCounter()
+    counter.mode = "event" if config.events.enabled else "dense"
+    return counter
+
+
+def write_energy_report(run_dir: Path, counts: dict, config: ExperimentConfig,
+                        profiles_folder=None) -> dict:
+    """Write op_counts.json, energy_report.json and energy_report.png for ``counts``."""
+    from pcsim.plots import plot_energy_report
+    write_json(run_dir / OP_COUNTS, {work: c.to_json() for work, c in counts.items()})
+    names = config.hw_profiles or available_profiles(profiles_folder)
+    steps_time = config.dynamics.steps * config.dynamics.dt if config.learning.rule == "pc" else 0.0
+    report = build_energy_report(counts, names, profiles_folder, {"train": steps_time})
+    write_json(run_dir / ENERGY_REPORT, report)
+    plot_energy_report(report, run_dir / "energy_report.png")
+    return report
 
 
 def _save_checkpoint(path: Path, trainer, optimizer, scheduler, config, epoch: int) -> None:
@@ -165,8 +196,12 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
     result = RunResult(run_dir)
     bar = tqdm(total=config.learning.epochs * n_batches, disable=not show, unit="batch",
                dynamic_ncols=True, desc=Path(source).stem if source else "run")
+    counts = {}
     try:
         for epoch in range(1, config.learning.epochs + 1):
+            counting = config.run.count_ops and epoch == config.learning.epochs
+            train_counter = _new_counter(config) if counting else None
+            trainer.recorder = train_counter
             e0_sum = torch.zeros((), device=device, dtype=torch.float64)
             e1_sum = torch.zeros((), device=device, dtype=torch.float64)
             start = time.perf_counter()
@@ -175,6 +210,8 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
                 x0 = data.train_x[idx]
                 target = data.one_hot(data.train_y[idx], dtype)
                 out_b = trainer.train_batch(x0, target, optimizer)
+                if train_counter is not None:
+                    train_counter.add_samples(len(idx))
                 e0_sum += out_b["energy_initial"] * len(idx)
                 e1_sum += out_b["energy_final"] * len(idx)
                 bar.update(1)
@@ -193,7 +230,9 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
             if scheduler is not None:
                 scheduler.step()
             start = time.perf_counter()
-            test = evaluate(trainer, data)
+            trainer.recorder = None
+            test_counter = _new_counter(config) if counting else None
+            test = evaluate(trainer, data, recorder=test_counter)
             eval_time = time.perf_counter() - start
             record = {
                 "epoch": epoch,
@@ -208,9 +247,13 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
                 "dense_flops_per_train_sample": train_cost.flops,
                 "dense_flops_per_test_sample": test_cost.flops,
             }
-            if not all(math.isfinite(v) for v in record.values()):
+            if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
                 raise FloatingPointError(f"non-finite metrics at epoch {epoch}: {record}; the "
                                          f"last good checkpoint in {run_dir} is kept")
+            if counting:
+                counts = {"train": train_counter.result(), "test": test_counter.result()}
+                record["ops_per_train_sample"] = counts["train"].summary()
+                record["ops_per_test_sample"] = counts["test"].summary()
             _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config, epoch)
             result.metrics.append(record)
             write_json(run_dir / METRICS, result.metrics)
@@ -220,6 +263,8 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
                       f"E {record['train_energy_final']:.4g}, {train_time:.1f} s")
     finally:
         bar.close()
+    if counts:
+        write_energy_report(run_dir, counts, config)
     info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     write_json(run_dir / RUN_INFO, info)
     return result

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pcsim.runio import atomic_path
 
-__all__ = ["plot_metrics"]
+__all__ = ["plot_metrics", "plot_energy_report"]
 
 
 def plot_metrics(metrics: list[dict], folder: str | Path, title: str = "") -> list[Path]:
@@ -52,3 +52,41 @@ def plot_metrics(metrics: list[dict], folder: str | Path, title: str = "") -> li
     plt.close(fig)
     written.append(folder / "energy.png")
     return written
+
+
+def plot_energy_report(report: dict, path: str | Path) -> Path:
+    """Bar chart: energy per sample by profile, for each counted phase (log scale).
+    Hatched bars are lower bounds (a counted kind has no figure in the profile)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    works = [(w, p) for w in ("train", "test") if w in report["n_samples"]
+             for p in (("inference", "learning") if w == "train" else ("inference",))]
+    stems = list(report["profiles"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(stems) + 2), 4))
+    width = 0.8 / max(len(works), 1)
+    for k, (work, phase) in enumerate(works):
+        values, hatches = [], []
+        for stem in stems:
+            entry = report["profiles"][stem][work][phase]
+            values.append(entry["energy_per_sample_J"] or np.nan)
+            hatches.append("//" if entry["missing"] else "")
+        bars = ax.bar(np.arange(len(stems)) + k * width, values, width,
+                      label=f"{work} {phase} ({report['counts_from'][work]})")
+        for bar, hatch in zip(bars, hatches):
+            bar.set_hatch(hatch)
+    ax.set_xticks(np.arange(len(stems)) + width * (len(works) - 1) / 2)
+    ax.set_xticklabels(stems, rotation=20)
+    ax.set_yscale("log")
+    ax.set_ylabel("energy per sample (J)")
+    ax.set_title("estimated energy per sample (hatched: lower bound, figures missing)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path

@@ -27,7 +27,8 @@ def test_run_writes_a_complete_run_folder_and_eval_reloads_it(mnist_root, tmp_pa
     assert rc == 0
     run_dir = tmp_path / "small"
     for name in ("config.yaml", "metrics.json", "checkpoint.pt", "accuracy.png",
-                 "energy.png", "run.json"):
+                 "energy.png", "run.json", "op_counts.json", "energy_report.json",
+                 "energy_report.png"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2]
@@ -44,6 +45,35 @@ def test_run_writes_a_complete_run_folder_and_eval_reloads_it(mnist_root, tmp_pa
     assert f"test accuracy {100 * metrics[-1]['test_accuracy']:.2f}%" in out
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 2 and checkpoint["optimizer"]["state"]
+    # the last epoch was counted: dense MACs per training sample equal the analytic count
+    ops = metrics[-1]["ops_per_train_sample"]
+    assert ops["inference"]["dense_macs"] + ops["learning"]["dense_macs"] == \
+        metrics[-1]["dense_macs_per_train_sample"]
+    assert metrics[-1]["ops_per_test_sample"]["inference"]["dense_macs"] == 54912
+    report = json.loads((run_dir / "energy_report.json").read_text())
+    assert report["counts_from"] == {"train": "dense", "test": "dense"}
+    assert {"loihi", "truenorth", "h100"} <= set(report["profiles"])
+    capsys.readouterr()
+    assert main(["energy", str(run_dir), "--profile", "truenorth", "--profile", "h100"]) == 0
+    table = capsys.readouterr().out
+    assert "truenorth" in table and "h100" in table and "lower bound" in table
+
+
+def test_event_mode_trains_and_reports_event_counts(mnist_root, tmp_path):
+    """events.enabled trains through sigma-delta units (theta 0.01) and its energy
+    report says the counts came from event execution, with fewer synaptic ops per
+    training sample than the dense analytic count."""
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
+               "--out", str(tmp_path), "--set", "run.name=ev", "--epochs", "1",
+               "--set", "events.enabled=true", "--set", "events.theta=0.01", *SMALL])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics[0]["test_accuracy"] > 0.85
+    ops = metrics[0]["ops_per_train_sample"]["inference"]
+    assert ops.get("dense_macs", 0) == 0
+    assert 0 < ops["syn_ops_mac"] < metrics[0]["dense_macs_per_train_sample"]
+    report = json.loads((tmp_path / "ev" / "energy_report.json").read_text())
+    assert report["counts_from"] == {"train": "event", "test": "event"}
 
 
 def test_backprop_baseline_runs_on_the_same_pipeline(mnist_root, tmp_path):

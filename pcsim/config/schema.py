@@ -9,7 +9,8 @@ in YAML (``tau_x: 10 ms``) and held here as SI floats (seconds).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Optional
+import re
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -17,7 +18,7 @@ from pcsim.units import parse_quantity
 
 __all__ = [
     "ACTIVATIONS", "LayerConfig", "NetworkConfig", "DynamicsConfig", "LearningConfig",
-    "DataConfig", "RunConfig", "ExperimentConfig",
+    "DataConfig", "RunConfig", "EventsConfig", "ExperimentConfig",
 ]
 
 #: Activation names accepted in ``network.layers[*].activation``; defined in
@@ -126,6 +127,47 @@ class RunConfig(_Section):
     name: Optional[str] = Field(None, description="run folder name; default: config stem + time")
     progress: bool = True
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads")
+    count_ops: bool = Field(
+        True, description="count ops (SPEC 4) in the last epoch and its evaluation, for the "
+        "energy report; counting never runs when off")
+
+
+class EventsConfig(_Section):
+    """Event-driven (sigma-delta) execution of the transmitted signals (SPEC section 3).
+
+    ``theta`` is one threshold for every population, or a mapping from population names
+    (``value_l<l>``, ``error_l<l>``) or the kinds ``value`` / ``error`` to thresholds; a
+    population not named falls back to its kind, then to ``default`` (0).
+    """
+
+    enabled: bool = False
+    theta: Union[float, dict[str, float]] = 0.0
+    payload: Literal["graded", "integer"] = "graded"
+
+    @model_validator(mode="after")
+    def _check_theta(self):
+        values = self.theta.values() if isinstance(self.theta, dict) else [self.theta]
+        if any(v < 0 or not math.isfinite(v) for v in values):
+            raise ValueError("theta must be finite and >= 0")
+        if isinstance(self.theta, dict):
+            for key in self.theta:
+                if key not in ("value", "error", "default") and not re.fullmatch(
+                        r"(value|error)_l\d+", key):
+                    raise ValueError(f"theta key {key!r}: expected 'value', 'error', "
+                                     "'default' or a population name like value_l1, error_l2")
+        if self.payload == "integer" and min(values, default=0.0) <= 0:
+            raise ValueError("payload 'integer' sends trunc(delta / theta): every theta must be > 0")
+        return self
+
+    def theta_for(self, population: str) -> float:
+        """Return the threshold of ``population`` (``value_l0``, ``error_l2``, ...)."""
+        if not isinstance(self.theta, dict):
+            return float(self.theta)
+        kind = population.split("_")[0]
+        for key in (population, kind, "default"):
+            if key in self.theta:
+                return float(self.theta[key])
+        return 0.0
 
 
 class ExperimentConfig(_Section):
@@ -136,6 +178,9 @@ class ExperimentConfig(_Section):
     learning: LearningConfig = LearningConfig()
     data: DataConfig = DataConfig()
     run: RunConfig = RunConfig()
+    events: EventsConfig = EventsConfig()
+    hw_profiles: Optional[list[str]] = Field(
+        None, description="profile stems in hw_profiles/ for the energy report; None = all")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -146,4 +191,10 @@ class ExperimentConfig(_Section):
             raise ValueError("learning.optimizer 'none' needs rule 'pc' with a finite tau_w")
         if (self.learning.optimizer == "none" and math.isinf(self.dynamics.tau_w)):
             raise ValueError("learning.optimizer 'none' with tau_w = inf never changes a weight")
+        if self.events.enabled and math.isfinite(self.dynamics.tau_w):
+            raise ValueError("events.enabled with a finite dynamics.tau_w is not supported yet "
+                             "(receivers would need their synaptic input re-sent after every "
+                             "weight change)")
+        if self.events.enabled and self.learning.rule == "bp":
+            raise ValueError("events.enabled applies to the PC engine (learning.rule: pc)")
         return self

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["StepHook", "ENGINES", "get_engine_class"]
+__all__ = ["StepHook", "OpRecorder", "ENGINES", "get_engine_class"]
 
 
 @runtime_checkable
@@ -18,6 +18,17 @@ class StepHook(Protocol):
     """Observer called by an engine after every Euler step; it must not change state."""
 
     def on_step(self, engine: Any, state: Any, step: int) -> None: ...
+
+
+@runtime_checkable
+class OpRecorder(Protocol):
+    """Receives op counts from an engine (SPEC 4); ``pcsim.monitors.OpCounter`` is one.
+
+    ``phase`` is ``"inference"`` or ``"learning"``; ``step`` 0 is the feedforward start;
+    ``target`` names a projection (``W_l``, ``W_l^T``), a one-to-one link or a population.
+    """
+
+    def add(self, phase: str, step: int, target: str, kind: str, value) -> None: ...
 
 
 #: Engine name -> "module:Class", imported only when asked for (``--backend torch``

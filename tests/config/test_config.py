@@ -91,3 +91,32 @@ def test_parse_quantity_rejects_garbage():
     for bad in ("ten ms", "5 kg", True, [1]):
         with pytest.raises(UnitError):
             parse_quantity(bad, "s")
+
+
+@pytest.mark.parametrize("events, expected", [
+    ("{enabled: true, theta: -0.1}", "theta must be finite and >= 0"),
+    ("{enabled: true, theta: {value_1: 0.1}}", "theta key 'value_1'"),
+    ("{enabled: true, payload: integer, theta: 0}", "every theta must be > 0"),
+    ("{enabled: true, payload: spikes}", "'graded' or 'integer'"),
+])
+def test_bad_events_section(tmp_path, events, expected):
+    path = _write(tmp_path, GOOD + f"events: {events}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "events" in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_events_theta_per_population(tmp_path):
+    cfg = load_config(_write(tmp_path, GOOD + "events: {enabled: true, theta: "
+                                              "{value: 0.1, error_l2: 0.01, default: 0.5}}\n"))
+    assert cfg.events.theta_for("value_l0") == 0.1
+    assert cfg.events.theta_for("error_l2") == 0.01
+    assert cfg.events.theta_for("error_l1") == 0.5
+
+
+def test_event_mode_with_plastic_weights_is_refused(tmp_path):
+    path = _write(tmp_path, GOOD.replace("n_steps: 4", "n_steps: 4, tau_w: 1 s")
+                  + "events: {enabled: true}\n")
+    with pytest.raises(ConfigError, match="finite dynamics.tau_w is not supported"):
+        load_config(path)

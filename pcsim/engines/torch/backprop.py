@@ -30,6 +30,7 @@ class BackpropTrainer:
         for t in self.parameters():
             t.requires_grad_(True)
         self.maps = build_maps(network, self.params)
+        self.recorder = None
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -65,7 +66,33 @@ class BackpropTrainer:
 
     @torch.no_grad()
     def predict(self, x0):
+        if self.recorder is not None:
+            self._count_forward(len(x0))
         return self.forward(x0)
+
+    def _count_forward(self, rows):
+        """Dense counts of a forward pass (SPEC 4), reported to the recorder."""
+        rec, size = self.recorder, torch.empty((), dtype=self.dtype).element_size()
+        for p in self.network.projections:
+            n = rows * p.macs
+            for kind, value in (("dense_macs", n), ("syn_events", rows * p.n_pre),
+                                ("syn_ops_mac", n), ("mem_read_bytes", n * size)):
+                rec.add("inference", 0, f"W_{p.index}", kind, value)
+            for kind in ("neuron_updates", "neuron_updates_active"):
+                rec.add("inference", 0, f"value_l{p.index}", kind, rows * p.n_post)
+
+    def _count_backward(self, rows):
+        """Dense counts of backprop's backward pass and weight gradients."""
+        rec, size = self.recorder, torch.empty((), dtype=self.dtype).element_size()
+        for p in self.network.projections:
+            n = rows * p.macs
+            if p.index >= 2:  # gradient w.r.t. the input of projection l (not needed for x_0)
+                rec.add("learning", 0, f"W_{p.index}^T", "dense_macs", n)
+                rec.add("learning", 0, f"W_{p.index}^T", "syn_ops_mac", n)
+            rec.add("learning", 0, f"W_{p.index}", "dense_macs", n)
+            rec.add("learning", 0, f"W_{p.index}", "weight_updates", n)
+            rec.add("learning", 0, f"W_{p.index}", "mem_read_bytes", n * size)
+            rec.add("learning", 0, f"W_{p.index}", "mem_write_bytes", n * size)
 
     def loss(self, x0, target):
         top = self.network.layers[self.L]
@@ -75,6 +102,9 @@ class BackpropTrainer:
     def train_batch(self, x0, target, optimizer=None, hooks=()) -> dict:
         """One backprop step; returns the batch-mean output energy before the step."""
         loss = self.loss(x0, target)
+        if self.recorder is not None:
+            self._count_forward(len(x0))
+            self._count_backward(len(x0))
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

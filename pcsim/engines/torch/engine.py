@@ -15,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+from pcsim.engines.torch.events import SigmaDelta
 from pcsim.engines.torch.maps import build_maps, init_parameters
 from pcsim.model import equations as eq
 
@@ -48,6 +49,27 @@ class PCState:
     eps: list = field(default_factory=list)
     g: list = field(default_factory=list)
     t: float = 0.0
+    step: int = 0
+    events: Optional["EventState"] = None
+
+
+@dataclass
+class EventState:
+    """Event-mode transmission state of one batch (SPEC 3), lists indexed by layer.
+
+    ``value[l]`` sends ``x_l`` into ``W_{l+1}``; ``gate[l]`` sends ``g_l`` into ``W_l^T``;
+    ``error[l]`` sends ``eps_l`` one-to-one to ``x_l``. Receivers hold ``u[l] = W_l
+    value[l-1].sent`` (no bias), ``fb[l] = W_{l+1}^T gate[l+1].sent`` and ``eps_in[l] =
+    error[l].sent``, each kept up to date by adding the payloads of the events.
+    """
+
+    value: list
+    gate: list
+    error: list
+    u: list
+    fb: list
+    eps_in: list
+    active: dict = field(default_factory=dict)  # population -> (batch, n) bool, this tick
 
 
 class TorchEngine:
@@ -67,12 +89,19 @@ class TorchEngine:
         ``lambda`` of SPEC 2.2 for continuous plasticity (finite ``tau_w``).
     params : list of [W, b], optional
         Start from these tensors instead of a fresh draw.
+    events : pcsim.config.schema.EventsConfig, optional
+        Event-driven (sigma-delta) transmission when ``events.enabled``; else dense.
+
+    Attributes
+    ----------
+    recorder : OpRecorder or None
+        Receives op counts (SPEC 4) when set; None costs nothing.
     """
 
     name = "torch"
 
     def __init__(self, network, dynamics, *, device="cpu", dtype=torch.float32, seed=0,
-                 init="xavier_uniform", weight_decay=0.0, params=None):
+                 init="xavier_uniform", weight_decay=0.0, params=None, events=None):
         self.network = network
         self.dynamics = dynamics
         self.device = torch.device(device)
@@ -92,6 +121,10 @@ class TorchEngine:
             params = init_parameters(network, init, seed, self.device, dtype)
         self.params = params
         self.maps = build_maps(network, params)
+        self.events = events if events is not None and events.enabled else None
+        if self.events is not None and self.plastic:
+            raise ValueError("event mode with a finite tau_w is not supported yet")
+        self.recorder = None
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -102,7 +135,7 @@ class TorchEngine:
                    device=device or resolve_device(config.run.device),
                    dtype=getattr(torch, config.run.dtype), seed=config.learning.seed,
                    init=config.network.init,
-                   weight_decay=config.learning.weight_decay)
+                   weight_decay=config.learning.weight_decay, events=config.events)
 
     def _check_timescales(self):
         taus = [self.tau_x] + [t for t in (self.tau_eps, self.tau_w) if 0 < t < math.inf]
@@ -165,8 +198,10 @@ class TorchEngine:
                     mu=[None] * (L + 1), f_prime_a=[None] * (L + 1), eps=[None] * (L + 1),
                     g=[None] * (L + 1))
         s.x[0] = self._as_tensor(x0)
+        if self.events is not None:
+            s.events = self._new_event_state(s.x[0].shape[0])
         for l in range(1, L + 1):  # 1. feedforward pass
-            s.a[l] = self.maps[l].forward(s.x[l - 1])
+            s.a[l] = self._forward_input(s, l)
             s.mu[l] = self.activations[l].f(s.a[l], torch)
             s.x[l] = s.mu[l]
         if clamped[L]:
@@ -178,7 +213,132 @@ class TorchEngine:
             s.eps[l] = eq.error_fixed_point(s.x[l], s.mu[l], self.prec[l])
             s.g[l] = self._gate(l, s)
         self._prior_error(s)
+        self._count_neurons(s, initial=True)
         return s
+
+    def _new_event_state(self, batch: int) -> "EventState":
+        cfg, L = self.events, self.L
+        integer = cfg.payload == "integer"
+        sizes = self.network.sizes
+
+        def zeros(n):
+            return torch.zeros(batch, n, device=self.device, dtype=self.dtype)
+
+        def unit(name, n):
+            sd = SigmaDelta(name, cfg.theta_for(name), integer)
+            sd.reset(zeros(n))
+            return sd
+
+        return EventState(
+            value=[unit(f"value_l{l}", sizes[l]) for l in range(L)] + [None],
+            gate=[None] + [unit(f"error_l{l}", sizes[l]) for l in range(1, L + 1)],
+            error=[None] + [unit(f"error_l{l}", sizes[l]) for l in range(1, L + 1)],
+            u=[None] + [zeros(sizes[l]) for l in range(1, L + 1)],
+            fb=[zeros(sizes[l]) for l in range(L)] + [None],
+            eps_in=[None] + [zeros(sizes[l]) for l in range(1, L + 1)],
+        )
+
+    # ------------------------------------------------------------------ transmission
+    # The three signals of SPEC 3, each either computed densely or sent as events.
+    # Counting (SPEC 4) happens here and only when a recorder is attached.
+    def _forward_input(self, s: PCState, l: int) -> torch.Tensor:
+        """Return ``a_l = W_l x_{l-1} + b_l`` as the receivers of projection ``l`` hold it."""
+        m = self.maps[l]
+        if s.events is None:
+            if self.recorder is not None:
+                p = self.network.projections[l - 1]
+                self._count_dense(s, f"W_{l}", s.x[l - 1].shape[0], p.macs, p.n_pre)
+            return m.forward(s.x[l - 1])
+        payload, mask = s.events.value[l - 1].send(s.x[l - 1])
+        s.events.u[l] = s.events.u[l] + m.linear(payload)
+        if self.recorder is not None:
+            self._count_events(s, f"W_{l}", mask, m.fan_out(), f"value_l{l - 1}",
+                               f"error_l{l}", m.reached(mask))
+        return s.events.u[l] + m.bias
+
+    def _feedback(self, s: PCState, l: int) -> torch.Tensor:
+        """Return ``W_{l+1}^T g_{l+1}``, the feedback input of value layer ``l``."""
+        m = self.maps[l + 1]
+        if s.events is None:
+            if self.recorder is not None:
+                p = self.network.projections[l]
+                self._count_dense(s, f"W_{l + 1}^T", s.g[l + 1].shape[0], p.macs, p.n_post)
+            return m.adjoint(s.g[l + 1])
+        payload, mask = s.events.gate[l + 1].send(s.g[l + 1])
+        s.events.fb[l] = s.events.fb[l] + m.adjoint(payload)
+        if self.recorder is not None:
+            self._count_events(s, f"W_{l + 1}^T", mask, m.fan_in(), f"error_l{l + 1}",
+                               f"value_l{l}", m.reached(mask, adjoint=True))
+        return s.events.fb[l]
+
+    def _error_input(self, s: PCState, l: int) -> torch.Tensor:
+        """Return ``eps_l`` as value neuron ``l`` receives it (one-to-one)."""
+        if l == 0 or s.events is None:
+            if self.recorder is not None and l > 0:  # dense: one value per neuron per tick
+                rows, n = s.eps[l].shape
+                self.recorder.add("inference", s.step, f"eps_{l}->x_{l}", "syn_events", rows * n)
+                self.recorder.add("inference", s.step, f"eps_{l}->x_{l}", "syn_ops_mac", rows * n)
+            return s.eps[l]  # the prior error of a free x_0 is the neuron's own state
+        payload, mask = s.events.error[l].send(s.eps[l])
+        s.events.eps_in[l] = s.events.eps_in[l] + payload
+        if self.recorder is not None:
+            self._count_events(s, f"eps_{l}->x_{l}", mask, None, f"error_l{l}",
+                               f"value_l{l}", mask)
+        return s.events.eps_in[l]
+
+    def _pre_value(self, s: PCState, l: int) -> torch.Tensor:
+        """Return ``x_{l-1}`` as the synapses of projection ``l`` know it."""
+        return s.x[l - 1] if s.events is None else s.events.value[l - 1].sent
+
+    # ------------------------------------------------------------------ counting
+    def _count_dense(self, s, target, rows, macs, n_senders):
+        """A dense map evaluation: every sender transmits, reaching every receiver."""
+        rec, phase = self.recorder, "inference"
+        n = rows * macs
+        rec.add(phase, s.step, target, "dense_macs", n)
+        rec.add(phase, s.step, target, "syn_events", rows * n_senders)
+        rec.add(phase, s.step, target, "syn_ops_mac", n)
+        rec.add(phase, s.step, target, "mem_read_bytes", n * self._itemsize)
+
+    def _count_events(self, s, target, mask, fan_out, sender, receiver, reached):
+        """Events of one transmission: ``syn_ops`` adds each event's fan-out (nonzero
+        weights reached); sender and reached receivers are marked active this tick."""
+        rec, phase = self.recorder, "inference"
+        n_events = mask.sum()
+        ops = n_events if fan_out is None else (mask.to(self.dtype) @ fan_out).sum()
+        for name, m in ((sender, mask), (receiver, reached)):
+            s.events.active[name] = m | s.events.active[name] if name in s.events.active else m
+        kind = "syn_ops_ac" if self.events.payload == "integer" else "syn_ops_mac"
+        rec.add(phase, s.step, target, "syn_events", n_events)
+        rec.add(phase, s.step, target, kind, ops)
+        if fan_out is not None:  # one-to-one links carry no weight
+            rec.add(phase, s.step, target, "mem_read_bytes", ops * self._itemsize)
+
+    def _count_neurons(self, s, initial=False):
+        """Neuron updates of one tick: every free value neuron and every error neuron
+        (at the feedforward start: every value and error neuron of layers >= 1)."""
+        if self.recorder is None:
+            return
+        rows = s.x[0].shape[0]
+        active = s.events.active if s.events is not None else None
+        for l in range(self.L + 1):
+            n = self.network.sizes[l] * rows
+            moved = (l >= 1) if initial else not s.clamped[l]
+            for name, updated in ((f"value_l{l}", moved), (f"error_l{l}", l >= 1)):
+                if not updated:
+                    continue
+                self.recorder.add("inference", s.step, name, "neuron_updates", n)
+                self.recorder.add("inference", s.step, name, "neuron_updates_active",
+                                  n if active is None else
+                                  (active[name].sum() if name in active else 0))
+                self.recorder.add("inference", s.step, name, "mem_write_bytes",
+                                  n * self._itemsize)
+        if active is not None:
+            active.clear()
+
+    @property
+    def _itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
 
     def _f_prime(self, l, a):
         act = self.activations[l]
@@ -198,7 +358,7 @@ class TorchEngine:
         changed = set(changed)
         for l in range(1, self.L + 1):
             if l in changed:
-                s.a[l] = self.maps[l].forward(s.x[l - 1])
+                s.a[l] = self._forward_input(s, l)
                 s.mu[l] = self.activations[l].f(s.a[l], torch)
                 s.f_prime_a[l] = self._f_prime(l, s.a[l])
             if self.tau_eps == 0:
@@ -225,12 +385,13 @@ class TorchEngine:
     def step(self, s: PCState) -> None:
         """Advance ``s`` by one forward-Euler step of SPEC 2.1-2.2 (all from the old state)."""
         dt, L = self.dt, self.L
+        s.step += 1
         new_x = list(s.x)
         for l in range(L + 1):  # 1. value neurons
             if s.clamped[l]:
                 continue
-            feedback = self.maps[l + 1].adjoint(s.g[l + 1]) if l < L else 0.0
-            new_x[l] = s.x[l] + dt * eq.value_rhs(s.eps[l], feedback, self.tau_x)
+            feedback = self._feedback(s, l) if l < L else 0.0
+            new_x[l] = s.x[l] + dt * eq.value_rhs(self._error_input(s, l), feedback, self.tau_x)
         if self.tau_eps > 0:  # 2. leaky error neurons
             for l in range(1, L + 1):
                 s.eps[l] = s.eps[l] + dt * eq.error_rhs(s.eps[l], s.x[l], s.mu[l],
@@ -244,6 +405,7 @@ class TorchEngine:
         s.x = new_x
         s.t += dt
         self._refresh(s, [l for l in range(1, L + 1) if self.plastic or not s.clamped[l - 1]])
+        self._count_neurons(s)
 
     @torch.no_grad()
     def infer(self, s: PCState, n_steps: Optional[int] = None, hooks: Sequence = ()) -> PCState:
@@ -269,8 +431,27 @@ class TorchEngine:
     def local_gradients(self, s: PCState) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Return ``(-dE/dW_l, -dE/db_l)`` for every projection, batch means, from local
         quantities only: the gated error after the synapse, the value before it."""
-        return [(self.maps[l].weight_grad(s.g[l], s.x[l - 1]), self.maps[l].bias_grad(s.g[l]))
-                for l in range(1, self.L + 1)]
+        grads = []
+        for l in range(1, self.L + 1):
+            pre = self._pre_value(s, l)
+            grads.append((self.maps[l].weight_grad(s.g[l], pre), self.maps[l].bias_grad(s.g[l])))
+            if self.recorder is not None:
+                self._count_learning(s, l, pre)
+        return grads
+
+    def _count_learning(self, s, l, pre):
+        """Weight updates of the learning step: every synapse per sample (dense), or those
+        whose pre and post factors are both nonzero (event mode)."""
+        rec, p, target = self.recorder, self.network.projections[l - 1], f"W_{l}"
+        rows = pre.shape[0]
+        if s.events is None:
+            n = rows * p.n_synapses
+            rec.add("learning", 0, target, "dense_macs", n)
+        else:
+            n = ((pre != 0).sum(1) * (s.g[l] != 0).sum(1)).sum()
+        rec.add("learning", 0, target, "weight_updates", n)
+        rec.add("learning", 0, target, "mem_read_bytes", n * self._itemsize)
+        rec.add("learning", 0, target, "mem_write_bytes", n * self._itemsize)
 
     @torch.no_grad()
     def apply_gradients(self, grads, optimizer) -> None:
@@ -283,6 +464,8 @@ class TorchEngine:
     @torch.no_grad()
     def predict(self, x0) -> torch.Tensor:
         """Feedforward read-out ``x_L`` (the energy minimum with only ``x_0`` clamped)."""
+        if self.events is not None or self.recorder is not None:
+            return self.init_state(x0, phase="test").x[self.L]
         x = self._as_tensor(x0)
         for l in range(1, self.L + 1):
             x = self.activations[l].f(self.maps[l].forward(x), torch)

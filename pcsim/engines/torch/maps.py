@@ -32,6 +32,24 @@ class DenseMap:
         """Return ``W^T g`` for a batch ``g`` of shape ``(batch, n_post)``."""
         return g @ self.weight  # (B, n_post) @ (n_post, n_pre)
 
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``W x`` without the bias (what one batch of events adds to receivers)."""
+        return x @ self.weight.t()  # (B, n_pre) @ (n_pre, n_post)
+
+    def fan_out(self) -> torch.Tensor:
+        """Nonzero weights leaving each pre neuron, shape ``(n_pre,)`` (float)."""
+        return (self.weight != 0).sum(0).to(self.weight.dtype)
+
+    def fan_in(self) -> torch.Tensor:
+        """Nonzero weights reached by an adjoint event of each post neuron, ``(n_post,)``."""
+        return (self.weight != 0).sum(1).to(self.weight.dtype)
+
+    def reached(self, mask: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
+        """Which receivers at least one event of ``mask`` reaches (through a nonzero weight)."""
+        nz = (self.weight != 0).to(self.weight.dtype)
+        hits = mask.to(nz.dtype) @ (nz if adjoint else nz.t())
+        return hits > 0
+
     def weight_grad(self, g: torch.Tensor, x_pre: torch.Tensor) -> torch.Tensor:
         """Return the batch mean of the local outer product ``g x_pre^T`` (= -dE/dW)."""
         return (g.t() @ x_pre) / g.shape[0]  # (n_post, B) @ (B, n_pre)

@@ -1,0 +1,65 @@
+"""Energy reports of a run: per profile, per counted work (train, test), per phase."""
+
+from __future__ import annotations
+
+from pcsim.energy.estimate import estimate_energy
+from pcsim.energy.profiles import load_profile
+
+__all__ = ["build_energy_report", "format_energy_table"]
+
+
+def build_energy_report(counts: dict, profiles: list[str], folder=None,
+                        simulated_time: dict | None = None) -> dict:
+    """Price every counted work (``{"train": OpCounts, "test": OpCounts}``) with every
+    profile; return a JSON-ready report."""
+    simulated_time = simulated_time or {}
+    out = {"counts_from": {work: c.mode for work, c in counts.items()},
+           "n_samples": {work: c.n_samples for work, c in counts.items()},
+           "ops_per_sample": {work: c.summary() for work, c in counts.items()},
+           "profiles": {}}
+    for name in profiles:
+        profile = load_profile(name, folder)
+        entry = {"name": profile.name, "kind": profile.kind, "technology": profile.technology,
+                 "bases": {k: e.basis for k, e in profile.energies.items()}}
+        for work, c in counts.items():
+            phases = ("inference", "learning") if work == "train" else ("inference",)
+            report = estimate_energy(c, profile, phases, simulated_time.get(work, 0.0))
+            entry[work] = {p: e.to_json() for p, e in report.phases.items()}
+        out["profiles"][profile.stem] = entry
+    return out
+
+
+def _fmt(joules: float) -> str:
+    if joules == 0:
+        return "0"
+    for unit, scale in (("mJ", 1e-3), ("uJ", 1e-6), ("nJ", 1e-9), ("pJ", 1e-12)):
+        if joules >= scale:
+            return f"{joules / scale:.3g} {unit}"
+    return f"{joules:.3g} J"
+
+
+def format_energy_table(report: dict) -> str:
+    """A plain-text table: energy per sample by profile and phase; a trailing ``*``
+    marks a lower bound (some counted kind has no figure in the profile)."""
+    works = [(w, p) for w in ("train", "test") if w in report["n_samples"]
+             for p in (("inference", "learning") if w == "train" else ("inference",))]
+    header = ["profile"] + [f"{w} {p} /sample" for w, p in works] + ["largest share", "missing"]
+    rows = []
+    for stem, entry in report["profiles"].items():
+        cells, missing, top = [stem], set(), ""
+        for w, p in works:
+            phase = entry[w][p]
+            cells.append(_fmt(phase["energy_per_sample_J"]) + ("*" if phase["missing"] else ""))
+            missing.update(phase["missing"])
+        kinds = entry["train"]["inference"]["per_kind"] if "train" in entry else {}
+        if kinds:
+            k, v = max(kinds.items(), key=lambda kv: kv[1]["share"])
+            top = f"{k} {100 * v['share']:.0f}%"
+        cells += [top, ", ".join(sorted(missing)) or "-"]
+        rows.append(cells)
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    modes = ", ".join(f"{w}: {m} execution" for w, m in report["counts_from"].items())
+    lines.append(f"(counts from {modes}; * = lower bound, a counted kind has no figure)")
+    return "\n".join(lines)

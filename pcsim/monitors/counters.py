@@ -1,0 +1,102 @@
+"""Op counting (SPEC section 4): an engine reports, a counter adds up, OpCounts reads out.
+
+Kinds, per phase (``inference``, ``learning``), per target (a projection ``W_l``, its
+adjoint ``W_l^T``, a one-to-one link ``eps_l->x_l``, or a population ``value_l<l>`` /
+``error_l<l>``) and per step (0 = the feedforward start, k = the k-th Euler step; the
+learning step is step 0 of ``learning``):
+
+=========================  ==========================================================
+``dense_macs``             ``n_post * n_pre`` per dense map evaluation per sample
+``syn_events``             events sent (dense mode: every pre neuron, every evaluation)
+``syn_ops_mac``            sum over events of the fan-out, graded payloads (MACs)
+``syn_ops_ac``             the same for integer payloads (ACs)
+``neuron_updates``         per neuron per step
+``neuron_updates_active``  those that sent or received an event (dense mode: all)
+``weight_updates``         per plastic synapse per learning step and sample (event mode:
+                           only synapses with nonzero pre and post factors)
+``mem_read_bytes``         one weight read per synaptic op and per weight update
+``mem_write_bytes``        one state write per neuron update, one per weight update
+=========================  ==========================================================
+
+The memory model is deliberately simple (weights and neuron states touched, at the
+simulation dtype's size); bias additions are part of the neuron update.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+__all__ = ["KINDS", "OpCounter", "OpCounts"]
+
+KINDS = ("dense_macs", "syn_events", "syn_ops_mac", "syn_ops_ac", "neuron_updates",
+         "neuron_updates_active", "weight_updates", "mem_read_bytes", "mem_write_bytes")
+
+
+class OpCounter:
+    """Accumulate counts reported by an engine (the engine's ``recorder``).
+
+    Values may be ints or 0-d tensors; tensors are summed lazily, so counting on a GPU
+    does not synchronise at every step.
+    """
+
+    def __init__(self):
+        self._counts = defaultdict(int)  # (phase, step, target, kind) -> int or tensor
+        self.n_samples = 0
+        self.mode = "dense"
+
+    def add(self, phase: str, step: int, target: str, kind: str, value) -> None:
+        """Add ``value`` to one cell."""
+        self._counts[(phase, step, target, kind)] += value
+
+    def add_samples(self, n: int) -> None:
+        """Record that ``n`` more samples went through the counted work."""
+        self.n_samples += n
+
+    def result(self) -> "OpCounts":
+        """Freeze into exact Python integers."""
+        cells = {key: int(value) for key, value in self._counts.items()}
+        return OpCounts(cells, self.n_samples, self.mode)
+
+
+@dataclass
+class OpCounts:
+    """Exact op counts of some work, and the number of samples it covered."""
+
+    cells: dict = field(default_factory=dict)  # (phase, step, target, kind) -> int
+    n_samples: int = 0
+    mode: str = "dense"  # which execution produced them: "dense" or "event"
+
+    def total(self, kind: str, phase: str | None = None, target: str | None = None) -> int:
+        return sum(v for (p, _, t, k), v in self.cells.items()
+                   if k == kind and (phase is None or p == phase) and (target is None or t == target))
+
+    def per_sample(self, kind: str, phase: str | None = None) -> float:
+        return self.total(kind, phase) / self.n_samples if self.n_samples else 0.0
+
+    def by(self, level: str, kind: str, phase: str | None = None) -> dict:
+        """Totals of ``kind`` grouped by ``"step"`` or ``"target"``."""
+        index = {"step": 1, "target": 2}[level]
+        out = defaultdict(int)
+        for key, value in self.cells.items():
+            if key[3] == kind and (phase is None or key[0] == phase):
+                out[key[index]] += value
+        return dict(sorted(out.items(), key=lambda kv: str(kv[0]).zfill(8)))
+
+    def summary(self) -> dict:
+        """Per-sample totals by phase and kind (JSON-ready)."""
+        phases = sorted({p for p, _, _, _ in self.cells})
+        return {phase: {kind: self.per_sample(kind, phase) for kind in KINDS
+                        if any(k == kind and p == phase for p, _, _, k in self.cells)}
+                for phase in phases}
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "n_samples": self.n_samples,
+                "per_sample": self.summary(),
+                "cells": [[p, s, t, k, v] for (p, s, t, k), v in sorted(
+                    self.cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3]))]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "OpCounts":
+        cells = {(p, int(s), t, k): int(v) for p, s, t, k, v in data["cells"]}
+        return cls(cells, int(data["n_samples"]), data.get("mode", "dense"))
