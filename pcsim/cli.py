@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", help="a run folder written by `pcsim run` (or its checkpoint.pt)")
     ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     ev.add_argument("--data-root", help="data root (overrides the run's data.root)")
+    ev.add_argument("--traces", metavar="FILE.h5",
+                    help="also record traces (the run's traces section, or 8 test samples)")
+
+    tr = sub.add_parser("traces", help="summarise (and plot) an HDF5 trace file")
+    tr.add_argument("file", help="a trace file written by pcsim (traces.h5)")
+    tr.add_argument("--plot", metavar="DIR", help="write PNG figures of one trial into DIR")
+    tr.add_argument("--trial", type=int, default=0, help="which trial to plot (default 0)")
 
     en = sub.add_parser("energy", help="print the energy table of a run, per hardware profile")
     en.add_argument("run_dir", help="a run folder written by `pcsim run`")
@@ -99,6 +106,34 @@ def _eval(args) -> int:
     print(f"{args.run_dir}: epoch {checkpoint['epoch']}, test accuracy "
           f"{100 * result['test_accuracy']:.2f}% on {data.test_x.shape[0]} images, "
           f"output energy {result['test_energy']:.4g}")
+    if args.traces:
+        from pathlib import Path
+
+        from pcsim.experiment import record_traces
+        if config.learning.rule != "pc":
+            raise ValueError("--traces needs a PC run (learning.rule: pc)")
+        config = config.model_copy(update={"traces": config.traces.model_copy(
+            update={"enabled": True, "split": "test"})})
+        path = record_traces(trainer, data, config, Path(args.traces), checkpoint["epoch"])
+        print(f"traces written to {path}")
+    return 0
+
+
+def _traces(args) -> int:
+    from pcsim.monitors.hdf5 import summarize_trace
+
+    info = summarize_trace(args.file)
+    print(f"{info['path']}: pcsim {info['pcsim_version']}, {info['mode']} execution, "
+          f"{info['n_trials']} trials ({info['split']} split, epochs {info['epochs']}), "
+          f"{info['n_steps']} steps of {info['dt_ms']:g} ms, a frame every {info['every']}")
+    for name, shape in info["reports"].items():
+        print(f"  report {name}: {shape[0]} frames x {shape[1]} neurons")
+    for name, n in info["spikes"].items():
+        print(f"  spikes {name}: {n} events")
+    if args.plot:
+        from pcsim.plots import plot_traces
+        for path in plot_traces(args.file, args.plot, args.trial):
+            print(f"  wrote {path}")
     return 0
 
 
@@ -106,13 +141,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `pcsim` command; returns the exit status."""
     from pcsim.config import ConfigError
     from pcsim.energy import ProfileError
+    from pcsim.monitors.hdf5 import TraceError
     from pcsim.units import UnitError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return {"run": _run, "eval": _eval, "energy": _energy}[args.command](args)
-    except (ConfigError, ProfileError, UnitError, FileNotFoundError, FileExistsError, FloatingPointError,
+        return {"run": _run, "eval": _eval, "energy": _energy,
+                "traces": _traces}[args.command](args)
+    except (ConfigError, ProfileError, TraceError, UnitError, FileNotFoundError, FileExistsError, FloatingPointError,
             ValueError, RuntimeError) as exc:
         print(f"pcsim {args.command}: error: {exc}", file=sys.stderr)
         return 2

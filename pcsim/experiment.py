@@ -24,6 +24,7 @@ from pcsim.energy import available_profiles
 from pcsim.energy.report import build_energy_report
 from pcsim.model import Network, bp_train_cost, feedforward_cost, pc_train_cost
 from pcsim.monitors import OpCounter
+from pcsim.monitors.hdf5 import TraceWriter
 from pcsim.runio import atomic_path, write_json, write_text
 
 __all__ = ["RunResult", "run_experiment", "evaluate", "build_trainer", "load_run",
@@ -92,6 +93,96 @@ def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None) -> d
         energy += float((0.5 * top.prec * ((target - y) ** 2).sum(1)).sum())
     trainer.recorder = None
     return {"test_accuracy": correct / n, "test_energy": energy / n}
+
+
+def traced_populations(config: ExperimentConfig, network: Network) -> dict:
+    """Population name -> size for the populations ``config.traces`` selects."""
+    chosen = config.traces.populations
+    layers = config.traces.layers
+    out = {}
+    for kind in ("value", "error"):
+        for l, size in enumerate(network.sizes):
+            name = f"{kind}_l{l}"
+            if kind == "error" and l == 0:
+                continue
+            if (kind in chosen or name in chosen) and (layers is None or l in layers):
+                out[name] = size
+    if not out:
+        raise ValueError(f"traces: populations {chosen} and layers {layers} select nothing")
+    return out
+
+
+@torch.no_grad()
+def record_traces(engine, data: Dataset, config: ExperimentConfig, path: Path, epoch: int,
+                  append: bool = False) -> Path:
+    """Run the chosen samples through inference and stream their traces to ``path``.
+
+    Each sample: input and label clamped, feedforward start, ``T`` Euler steps, the
+    weights of ``epoch`` (no learning). Values, errors, per-layer energy at every
+    ``traces.every``-th step, and every event sent (event mode), batch by batch.
+    """
+    import numpy as np
+
+    tc = config.traces
+    xs, ys = (data.test_x, data.test_y) if tc.split == "test" else (data.train_x, data.train_y)
+    n_avail = xs.shape[0]
+    indices = list(range(tc.samples)) if isinstance(tc.samples, int) else list(tc.samples)
+    bad = [i for i in indices if i >= n_avail]
+    if bad or len(indices) > n_avail:
+        raise ValueError(f"traces.samples: indices {bad[:5] or len(indices)} are out of range for "
+                         f"the {tc.split} split of {n_avail} samples")
+    pops = traced_populations(config, engine.network)
+    event_mode = getattr(engine, "events", None) is not None
+    spike_pops = ([f"value_l{l}" for l in range(engine.L)] +
+                  [f"error_l{l}" for l in range(1, engine.L + 1)]) if event_mode else []
+    spike_pops = [p for p in spike_pops if p in pops]
+    T, every = engine.n_steps, tc.every
+    attrs = {"config": yaml.safe_dump(config.model_dump(), sort_keys=False),
+             "pcsim_version": __version__, "split": tc.split,
+             "mode": "event" if event_mode else "dense"}
+    writer = TraceWriter(path, pops, dt=engine.dt, every=every, n_steps=T,
+                         n_layers=engine.L + 1, spike_populations=spike_pops, attrs=attrs,
+                         append=append)
+    with writer:
+        for start in range(0, len(indices), tc.batch_size):
+            chunk = indices[start:start + tc.batch_size]
+            idx = torch.tensor(chunk, device=xs.device)
+            x0, labels = xs[idx], ys[idx]
+            target = data.one_hot(labels, engine.dtype)
+            B = len(chunk)
+            frames = {p: np.empty((B, writer.n_frames, n), np.float32) for p, n in pops.items()}
+            energy = np.empty((B, writer.n_frames, engine.L + 1))
+            events = {p: [] for p in spike_pops}
+
+            def sink(population, target_name, step, mask, payload):
+                if population in events:
+                    b, node = mask.nonzero(as_tuple=True)
+                    channel = 1 if target_name.startswith("eps") else 0
+                    events[population].append((b.cpu().numpy(), np.full(len(b), step),
+                                               node.cpu().numpy(), payload[mask].cpu().numpy(),
+                                               np.full(len(b), channel)))
+
+            def capture(s, frame):
+                for p in pops:
+                    kind, l = p.split("_l")
+                    state = s.x[int(l)] if kind == "value" else s.eps[int(l)]
+                    frames[p][:, frame] = state.float().cpu().numpy()
+                energy[:, frame] = torch.stack(engine.layer_energies(s), 1).cpu().numpy()
+
+            engine.event_sink = sink if spike_pops else None
+            try:
+                s = engine.init_state(x0, target, phase="train")
+                capture(s, 0)
+                for k in range(1, T + 1):
+                    engine.step(s)
+                    if k % every == 0:
+                        capture(s, k // every)
+            finally:
+                engine.event_sink = None
+            merged = {p: tuple(np.concatenate([e[i] for e in ev]) if ev else np.zeros(0)
+                               for i in range(5)) for p, ev in events.items()}
+            writer.add_trials(np.array(chunk), labels.cpu().numpy(), epoch, frames, energy, merged)
+    return path
 
 
 def _new_counter(config: ExperimentConfig) -> OpCounter:
@@ -259,6 +350,11 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
             write_json(run_dir / METRICS, result.metrics)
             from pcsim.plots import plot_metrics
             plot_metrics(result.metrics, run_dir, title=Path(source).stem if source else "")
+            tc = config.traces
+            if tc.enabled and epoch in (tc.epochs or [config.learning.epochs]):
+                trace_path = run_dir / tc.file
+                record_traces(trainer, data, config, trace_path, epoch,
+                              append=trace_path.exists())
             bar.write(f"epoch {epoch}: test accuracy {100 * test['test_accuracy']:.2f}%, "
                       f"E {record['train_energy_final']:.4g}, {train_time:.1f} s")
     finally:

@@ -18,7 +18,7 @@ from pcsim.units import parse_quantity
 
 __all__ = [
     "ACTIVATIONS", "LayerConfig", "NetworkConfig", "DynamicsConfig", "LearningConfig",
-    "DataConfig", "RunConfig", "EventsConfig", "ExperimentConfig",
+    "DataConfig", "RunConfig", "EventsConfig", "TracesConfig", "ExperimentConfig",
 ]
 
 #: Activation names accepted in ``network.layers[*].activation``; defined in
@@ -170,6 +170,36 @@ class EventsConfig(_Section):
         return 0.0
 
 
+class TracesConfig(_Section):
+    """What to record into the run's HDF5 trace file (SPEC section 5).
+
+    Recorded samples run the inference of a training cycle (input and label clamped,
+    feedforward start, ``n_steps`` Euler steps) with the weights of the epoch, apart
+    from training, so an unrecorded run is never slowed.
+    """
+
+    enabled: bool = False
+    split: Literal["test", "train"] = "test"
+    samples: Union[Annotated[int, Field(gt=0)], list[Annotated[int, Field(ge=0)]]] = Field(
+        8, description="the first N samples of the split, or a list of indices")
+    populations: list[str] = Field(default_factory=lambda: ["value", "error"],
+                                   description="kinds (value, error) or names (value_l1)")
+    layers: Optional[list[Annotated[int, Field(ge=0)]]] = None
+    every: int = Field(1, gt=0, description="record every k-th step (frames)")
+    epochs: Optional[list[Annotated[int, Field(gt=0)]]] = Field(
+        None, description="epochs after which to record; default: the last")
+    batch_size: int = Field(100, gt=0, description="samples recorded at once (memory bound)")
+    file: str = Field("traces.h5", pattern=r"^[^/]+\.h5$")
+
+    @model_validator(mode="after")
+    def _check(self):
+        for name in self.populations:
+            if name not in ("value", "error") and not re.fullmatch(r"(value|error)_l\d+", name):
+                raise ValueError(f"populations: {name!r} is not 'value', 'error' or a "
+                                 "population name like value_l1")
+        return self
+
+
 class ExperimentConfig(_Section):
     """One experiment: ``network``, ``dynamics``, ``learning``, ``data``, ``run``."""
 
@@ -179,6 +209,7 @@ class ExperimentConfig(_Section):
     data: DataConfig = DataConfig()
     run: RunConfig = RunConfig()
     events: EventsConfig = EventsConfig()
+    traces: TracesConfig = TracesConfig()
     hw_profiles: Optional[list[str]] = Field(
         None, description="profile stems in hw_profiles/ for the energy report; None = all")
 
@@ -195,6 +226,8 @@ class ExperimentConfig(_Section):
             raise ValueError("events.enabled with a finite dynamics.tau_w is not supported yet "
                              "(receivers would need their synaptic input re-sent after every "
                              "weight change)")
+        if self.traces.enabled and self.learning.rule == "bp":
+            raise ValueError("traces.enabled records PC dynamics (learning.rule: pc)")
         if self.events.enabled and self.learning.rule == "bp":
             raise ValueError("events.enabled applies to the PC engine (learning.rule: pc)")
         return self

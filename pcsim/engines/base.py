@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["StepHook", "OpRecorder", "ENGINES", "get_engine_class"]
+__all__ = ["StepHook", "OpRecorder", "EventSink", "ENGINES", "get_engine_class"]
 
 
 @runtime_checkable
@@ -29,6 +29,16 @@ class OpRecorder(Protocol):
     """
 
     def add(self, phase: str, step: int, target: str, kind: str, value) -> None: ...
+
+
+class EventSink(Protocol):
+    """Receives every batch of events an engine sends in event mode (for traces).
+
+    ``mask`` (batch, n) marks the senders of ``population`` at ``step``; ``payload`` holds
+    what they sent; ``target`` names the projection or link the events enter.
+    """
+
+    def __call__(self, population: str, target: str, step: int, mask, payload) -> None: ...
 
 
 #: Engine name -> "module:Class", imported only when asked for (``--backend torch``

@@ -125,6 +125,7 @@ class TorchEngine:
         if self.events is not None and self.plastic:
             raise ValueError("event mode with a finite tau_w is not supported yet")
         self.recorder = None
+        self.event_sink = None  # callable(population, target, step, mask, payload) or None
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -251,6 +252,8 @@ class TorchEngine:
             return m.forward(s.x[l - 1])
         payload, mask = s.events.value[l - 1].send(s.x[l - 1])
         s.events.u[l] = s.events.u[l] + m.linear(payload)
+        if self.event_sink is not None:
+            self.event_sink(f"value_l{l - 1}", f"W_{l}", s.step, mask, payload)
         if self.recorder is not None:
             self._count_events(s, f"W_{l}", mask, m.fan_out(), f"value_l{l - 1}",
                                f"error_l{l}", m.reached(mask))
@@ -266,6 +269,8 @@ class TorchEngine:
             return m.adjoint(s.g[l + 1])
         payload, mask = s.events.gate[l + 1].send(s.g[l + 1])
         s.events.fb[l] = s.events.fb[l] + m.adjoint(payload)
+        if self.event_sink is not None:
+            self.event_sink(f"error_l{l + 1}", f"W_{l + 1}^T", s.step, mask, payload)
         if self.recorder is not None:
             self._count_events(s, f"W_{l + 1}^T", mask, m.fan_in(), f"error_l{l + 1}",
                                f"value_l{l}", m.reached(mask, adjoint=True))
@@ -281,6 +286,8 @@ class TorchEngine:
             return s.eps[l]  # the prior error of a free x_0 is the neuron's own state
         payload, mask = s.events.error[l].send(s.eps[l])
         s.events.eps_in[l] = s.events.eps_in[l] + payload
+        if self.event_sink is not None:
+            self.event_sink(f"error_l{l}", f"eps_{l}->x_{l}", s.step, mask, payload)
         if self.recorder is not None:
             self._count_events(s, f"eps_{l}->x_{l}", mask, None, f"error_l{l}",
                                f"value_l{l}", mask)
@@ -416,6 +423,17 @@ class TorchEngine:
             for hook in hooks:
                 hook.on_step(self, s, k)
         return s
+
+    @torch.no_grad()
+    def layer_energies(self, s: PCState) -> list:
+        """Return ``E_l`` per sample for every layer (``E_0`` is the prior of a free
+        ``x_0``, else zeros); ``energy`` is their sum."""
+        rows = s.x[0].shape[0]
+        out = [eq.prior_energy(s.x[0], self.network.prec_0) if not s.clamped[0]
+               else torch.zeros(rows, device=self.device, dtype=self.dtype)]
+        for l in range(1, self.L + 1):
+            out.append(eq.layer_energy(s.x[l], s.mu[l], self.prec[l], s.x[l].shape[1]))
+        return out
 
     @torch.no_grad()
     def energy(self, s: PCState) -> torch.Tensor:

@@ -1,0 +1,267 @@
+"""Streaming HDF5 trace writer in the SONATA layouts of SPEC section 5.
+
+- events: ``/spikes/<population>/{timestamps (float64, ms), node_ids (uint64), values}``,
+  group attribute ``sorting`` (HDF5 enum ``{none: 0, by_id: 1, by_time: 2}``), chunked and
+  never compressed (libsonata cannot read compressed datasets); error populations also
+  carry ``channel`` (0: the gated error ``g`` into ``W^T``, 1: ``eps`` one-to-one to ``x``);
+- activity: ``/report/<population>/data`` (float32, time x neurons) with
+  ``mapping/{node_ids, index_pointers, element_ids, time = [start, stop, dt]}`` (ms);
+- ``/pcsim/trials`` (sample index, label, epoch, start, stop in ms): each recorded
+  sample is a trial laid end to end on one time axis; ``/pcsim/energy`` (time x layer)
+  the per-layer energy ``E_l(t)``; ``/pcsim/events_per_step`` (trial x step x population);
+- root attributes: the resolved config (YAML) and the pcsim version.
+
+Trials are appended batch by batch, so memory holds one batch, not the recording. The
+file is written under a temporary name and renamed when complete; appending to an
+existing trace file copies it first, so a crash leaves the last complete file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["TraceError", "TraceWriter", "SORTING"]
+
+#: SONATA's spike sorting enum.
+SORTING = {"none": 0, "by_id": 1, "by_time": 2}
+
+
+class TraceError(RuntimeError):
+    """A trace file that cannot be written or read; the message names the file."""
+
+
+def _h5():
+    import h5py
+    return h5py
+
+
+class TraceWriter:
+    """Append recorded trials to one HDF5 trace file.
+
+    Parameters
+    ----------
+    path : Path
+        The final file name (written atomically).
+    populations : dict
+        Recorded population name -> number of neurons, in a fixed order.
+    dt, every, n_steps : float (s), int, int
+        Euler step, frame stride and steps per trial; a trial has
+        ``n_steps // every + 1`` frames, ``every * dt`` apart, and lasts that many frames.
+    n_layers : int
+        ``L + 1`` energy columns.
+    spike_populations : list of str
+        Populations whose events are recorded (event mode), else empty.
+    attrs : dict
+        Root attributes (``config``, ``pcsim_version``, ...).
+    append : bool
+        Continue an existing file at ``path`` (same layout) instead of replacing it.
+    """
+
+    def __init__(self, path, populations: dict, *, dt: float, every: int, n_steps: int,
+                 n_layers: int, spike_populations=(), attrs=None, append=False):
+        self.path = Path(path)
+        self.populations = dict(populations)
+        self.spike_populations = list(spike_populations)
+        self.dt_ms = dt * 1e3
+        self.every = every
+        self.n_steps = n_steps
+        self.n_frames = n_steps // every + 1
+        self.frame_ms = every * self.dt_ms
+        self.trial_ms = self.n_frames * self.frame_ms
+        self.n_layers = n_layers
+        self._file = None
+        self._tmp = None
+        try:
+            self._open(attrs or {}, append and self.path.exists())
+        except OSError as exc:
+            self.abort()
+            raise TraceError(self._why(exc)) from None
+
+    # ------------------------------------------------------------------ opening
+    def _why(self, exc) -> str:
+        reason = exc.strerror or str(exc)
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            reason = "no space left on the device"
+        return (f"{self.path}: cannot write the trace file ({reason}); choose a writable "
+                "folder with free space (run.out / --out) or turn traces.enabled off; "
+                "metrics and checkpoints are unaffected")
+
+    def _open(self, attrs, append):
+        h5py = _h5()
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "folder does not exist", str(self.path.parent))
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
+                                   suffix=".h5.tmp")
+        os.close(fd)
+        self._tmp = Path(tmp)
+        if append:
+            shutil.copyfile(self.path, self._tmp)
+            self._file = h5py.File(self._tmp, "a")
+            self.n_trials = int(self._file["pcsim/trials"].shape[0])
+            return
+        self._file = f = h5py.File(self._tmp, "w")
+        self.n_trials = 0
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["dt_ms"] = self.dt_ms
+        f.attrs["every"] = self.every
+        f.attrs["n_steps"] = self.n_steps
+        sorting_t = h5py.enum_dtype(SORTING, basetype="u1")
+        for name in self.spike_populations:
+            g = f.create_group(f"spikes/{name}")
+            g.attrs.create("sorting", SORTING["by_time"], dtype=sorting_t)
+            ts = g.create_dataset("timestamps", (0,), maxshape=(None,), dtype="f8", chunks=(65536,))
+            ts.attrs["units"] = "ms"
+            g.create_dataset("node_ids", (0,), maxshape=(None,), dtype="u8", chunks=(65536,))
+            g.create_dataset("values", (0,), maxshape=(None,), dtype="f4", chunks=(65536,))
+            if name.startswith("error"):
+                g.create_dataset("channel", (0,), maxshape=(None,), dtype="u1", chunks=(65536,))
+        for name, n in self.populations.items():
+            g = f.create_group(f"report/{name}")
+            data = g.create_dataset("data", (0, n), maxshape=(None, n), dtype="f4",
+                                    chunks=(max(1, min(self.n_frames, max(1, 262144 // n))), n))
+            data.attrs["units"] = "1"
+            m = g.create_group("mapping")
+            m.create_dataset("node_ids", data=np.arange(n, dtype=np.uint64))
+            m.create_dataset("index_pointers", data=np.arange(n + 1, dtype=np.uint64))
+            m.create_dataset("element_ids", data=np.zeros(n, dtype=np.uint32))
+            t = m.create_dataset("time", data=np.array([0.0, 0.0, self.frame_ms]))
+            t.attrs["units"] = "ms"
+        trial_t = np.dtype([("sample_index", "i8"), ("label", "i8"), ("epoch", "i8"),
+                            ("start", "f8"), ("stop", "f8")])
+        trials = f.create_dataset("pcsim/trials", (0,), maxshape=(None,), dtype=trial_t,
+                                  chunks=(1024,))
+        trials.attrs["units"] = "ms"
+        energy = f.create_dataset("pcsim/energy", (0, self.n_layers), maxshape=(None, self.n_layers),
+                                  dtype="f8", chunks=(max(1, self.n_frames), self.n_layers))
+        energy.attrs["columns"] = [f"E_l{l}" for l in range(self.n_layers)]
+        energy.attrs["units"] = "1"
+        n_spk = max(1, len(self.spike_populations))
+        eps = f.create_dataset("pcsim/events_per_step", (0, self.n_steps + 1, n_spk),
+                               maxshape=(None, self.n_steps + 1, n_spk), dtype="i8",
+                               chunks=(64, self.n_steps + 1, n_spk))
+        eps.attrs["populations"] = self.spike_populations or ["-"]
+
+    # ------------------------------------------------------------------ writing
+    @staticmethod
+    def _append(ds, values):
+        n = ds.shape[0]
+        ds.resize(n + values.shape[0], axis=0)
+        ds[n:] = values
+
+    def add_trials(self, sample_index, labels, epoch, frames: dict, energy, events: dict) -> None:
+        """Append a batch of ``B`` trials.
+
+        Parameters
+        ----------
+        sample_index, labels : int arrays (B,)
+        epoch : int
+        frames : dict population -> float array (B, n_frames, n)
+        energy : float array (B, n_frames, n_layers)
+        events : dict population -> (trial b, step, node, value, channel) int/float arrays
+        """
+        try:
+            self._add(np.asarray(sample_index), np.asarray(labels), epoch, frames, energy, events)
+        except OSError as exc:
+            self.abort()
+            raise TraceError(self._why(exc)) from None
+
+    def _add(self, sample_index, labels, epoch, frames, energy, events):
+        f, B = self._file, len(sample_index)
+        starts = (self.n_trials + np.arange(B)) * self.trial_ms
+        trials = np.zeros(B, dtype=f["pcsim/trials"].dtype)
+        trials["sample_index"], trials["label"], trials["epoch"] = sample_index, labels, epoch
+        trials["start"], trials["stop"] = starts, starts + self.trial_ms
+        self._append(f["pcsim/trials"], trials)
+        for name in self.populations:
+            block = frames[name]  # (B, n_frames, n)
+            self._append(f[f"report/{name}/data"], block.reshape(B * self.n_frames, -1).astype("f4"))
+        self._append(f["pcsim/energy"], energy.reshape(B * self.n_frames, -1))
+        per_step = np.zeros((B, self.n_steps + 1, max(1, len(self.spike_populations))), "i8")
+        for k, name in enumerate(self.spike_populations):
+            b, step, node, value, channel = events.get(name, [np.zeros(0, "i8")] * 5)
+            order = np.lexsort((node, step, b))  # by trial, then step: time order
+            b, step, node = b[order], step[order], node[order]
+            g = f[f"spikes/{name}"]
+            self._append(g["timestamps"], starts[b] + step * self.dt_ms)
+            self._append(g["node_ids"], node.astype("u8"))
+            self._append(g["values"], np.asarray(value)[order].astype("f4"))
+            if "channel" in g:
+                self._append(g["channel"], np.asarray(channel)[order].astype("u1"))
+            np.add.at(per_step[:, :, k], (b, step), 1)
+        self._append(f["pcsim/events_per_step"], per_step)
+        self.n_trials += B
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> Path:
+        """Finish the time axes, flush, and rename onto the final path."""
+        try:
+            stop = self.n_trials * self.trial_ms
+            for name in self.populations:
+                self._file[f"report/{name}/mapping/time"][:] = [0.0, stop, self.frame_ms]
+            self._file.attrs["n_trials"] = self.n_trials
+            self._file.close()
+            self._file = None
+            os.chmod(self._tmp, 0o644)
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise TraceError(self._why(exc)) from None
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file; the final path keeps its previous content, if any."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001 - closing a broken file must not mask the error
+                pass
+            self._file = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def open_trace(path):
+    """Open a trace file read-only, or raise TraceError naming it."""
+    h5py = _h5()
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise TraceError(f"{path}: not a readable HDF5 trace file ({exc})") from None
+    if "pcsim/trials" not in f:
+        f.close()
+        raise TraceError(f"{path}: no /pcsim/trials table; not a pcsim trace file")
+    return f
+
+
+def summarize_trace(path) -> dict:
+    """Populations, trials, steps and event counts of a trace file."""
+    with open_trace(path) as f:
+        trials = f["pcsim/trials"][:]
+        out = {"path": str(path), "pcsim_version": f.attrs.get("pcsim_version", "?"),
+               "mode": f.attrs.get("mode", "?"), "split": f.attrs.get("split", "?"),
+               "n_trials": int(len(trials)), "n_steps": int(f.attrs["n_steps"]),
+               "dt_ms": float(f.attrs["dt_ms"]), "every": int(f.attrs["every"]),
+               "epochs": sorted({int(e) for e in trials["epoch"]}),
+               "reports": {name: tuple(int(v) for v in f[f"report/{name}/data"].shape)
+                           for name in f.get("report", {})},
+               "spikes": {name: int(f[f"spikes/{name}/node_ids"].shape[0])
+                          for name in f.get("spikes", {})}}
+    return out

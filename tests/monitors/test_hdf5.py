@@ -1,0 +1,217 @@
+"""HDF5 traces: values equal the engine's states, spikes equal the event counters,
+SONATA readers (libsonata) open the files, streaming keeps memory bounded, and write
+failures are clean."""
+
+import errno
+import json
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pcsim.config import config_from_dict
+from pcsim.data import Dataset
+from pcsim.engines.torch.engine import TorchEngine
+from pcsim.experiment import record_traces
+from pcsim.model import Network
+from pcsim.monitors import OpCounter
+from pcsim.monitors.hdf5 import SORTING, TraceError, TraceWriter
+from tests.conftest import REPO, assert_close
+
+SIZES = [6, 5, 4, 3]
+
+
+def _config(events=False, every=1, samples=7, batch_size=3, populations=("value", "error")):
+    return config_from_dict({
+        "network": {"layers": [{"size": 6}, {"size": 5, "activation": "tanh"},
+                               {"size": 4, "activation": "tanh"}, {"size": 3}]},
+        "dynamics": {"tau_x": "10 ms", "dt": "1 ms", "n_steps": 6},
+        "events": {"enabled": events, "theta": 0.02},
+        "traces": {"enabled": True, "samples": samples, "every": every,
+                   "batch_size": batch_size, "populations": list(populations)},
+        "run": {"dtype": "float64"}})
+
+
+def _data(n=10):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return Dataset("toy", x, y, x, y, 3, REPO)
+
+
+def _engine(config):
+    return TorchEngine.from_config(config, Network.from_config(config.network), "cpu")
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_recorded_values_equal_engine_states(tmp_path, every):
+    """Frames hold x and eps at steps 0, every, 2 every, ... of each sample, exactly as
+    an independent run of the engine computes them; E_l(t) sums to the engine's E; the
+    trials sit end to end on one ms time axis."""
+    config, data = _config(every=every), _data()
+    engine = _engine(config)
+    path = record_traces(engine, data, config, tmp_path / "traces.h5", epoch=3)
+    s = engine.init_state(data.test_x[:7], data.one_hot(data.test_y[:7], torch.float64))
+    expected = {0: ([t.clone() for t in s.x], [None] + [e.clone() for e in s.eps[1:]],
+                    engine.energy(s).clone())}
+    for k in range(1, 7):
+        engine.step(s)
+        expected[k] = ([t.clone() for t in s.x], [None] + [e.clone() for e in s.eps[1:]],
+                       engine.energy(s).clone())
+    n_frames = 6 // every + 1
+    with h5py.File(path, "r") as f:
+        trials = f["pcsim/trials"][:]
+        assert list(trials["sample_index"]) == list(range(7))
+        assert list(trials["epoch"]) == [3] * 7
+        assert_close(trials["start"], np.arange(7) * n_frames * every * 1.0, atol=1e-12)
+        assert f["pcsim/trials"].attrs["units"] == "ms"
+        time = f["report/value_l1/mapping/time"]
+        assert list(time[:]) == [0.0, 7 * n_frames * every * 1.0, every * 1.0]
+        assert time.attrs["units"] == "ms"
+        for frame in range(n_frames):
+            k = frame * every
+            rows = np.arange(7) * n_frames + frame
+            for l in range(4):
+                assert_close(f["report/value_l%d/data" % l][rows], expected[k][0][l].float(),
+                             atol=0)
+            for l in range(1, 4):
+                assert_close(f["report/error_l%d/data" % l][rows], expected[k][1][l].float(),
+                             atol=0)
+            assert_close(f["pcsim/energy"][rows].sum(1), expected[k][2], atol=1e-12)
+        assert "spikes" not in f  # dense execution sends no events
+        assert "traces:" in f.attrs["config"] and f.attrs["pcsim_version"]
+
+
+def _sender_events(counts, population):
+    """Events sent by a population, from the counters' targets (SPEC 3 signals)."""
+    kind, l = population.split("_l")
+    l = int(l)
+    if kind == "value":
+        return counts.total("syn_events", target=f"W_{l + 1}")
+    return counts.total("syn_events", target=f"W_{l}^T") + counts.total(
+        "syn_events", target=f"eps_{l}->x_{l}")
+
+
+def test_spikes_equal_event_counters_and_libsonata_reads_them(tmp_path):
+    """In event mode every event becomes a SONATA spike: per population the number of
+    spikes equals the event counter; timestamps are sorted, in ms, inside their trial;
+    libsonata's SpikeReader and ElementReportReader open the file."""
+    libsonata = pytest.importorskip("libsonata")
+    config, data = _config(events=True), _data()
+    engine = _engine(config)
+    engine.recorder = OpCounter()
+    path = record_traces(engine, data, config, tmp_path / "traces.h5", epoch=1)
+    counts = engine.recorder.result()
+    with h5py.File(path, "r") as f:
+        for pop in f["spikes"]:
+            g = f[f"spikes/{pop}"]
+            assert g["node_ids"].shape[0] == _sender_events(counts, pop), pop
+            ts = g["timestamps"][:]
+            assert np.all(np.diff(ts) >= 0) and g["timestamps"].attrs["units"] == "ms"
+            assert g.attrs["sorting"] == SORTING["by_time"]
+            assert h5py.check_enum_dtype(g.attrs.get_id("sorting").dtype) == SORTING
+            assert g["timestamps"].compression is None and g["timestamps"].chunks
+        assert f["spikes/value_l0"]["node_ids"].shape[0] > 0
+    spikes = libsonata.SpikeReader(str(path))
+    assert set(spikes.get_population_names()) >= {"value_l0", "error_l3"}
+    pop = spikes["value_l0"]
+    with h5py.File(path, "r") as f:
+        n = f["spikes/value_l0/node_ids"].shape[0]
+        frames_value = f["report/value_l2/data"][:]
+    assert len(pop.get()) == n
+    reports = libsonata.ElementReportReader(str(path))
+    rep = reports["value_l2"]
+    assert rep.time_units == "ms"
+    assert rep.times == (0.0, 7 * 7 * 1.0, 1.0)
+    frame = rep.get(tstart=0.0, tstop=7 * 7 * 1.0)
+    assert_close(np.asarray(frame.data), frames_value, atol=0)
+
+
+def test_unwritable_path_and_full_disk_give_clear_errors(tmp_path, monkeypatch):
+    """A missing folder or a full disk raises TraceError naming the file; no temporary
+    file is left, and an existing trace file keeps its last complete content."""
+    config, data = _config(), _data()
+    engine = _engine(config)
+    with pytest.raises(TraceError, match="cannot write the trace file"):
+        record_traces(engine, data, config, tmp_path / "absent" / "traces.h5", epoch=1)
+    good = record_traces(engine, data, config, tmp_path / "traces.h5", epoch=1)
+    before = good.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(TraceWriter, "_append", staticmethod(full))
+    with pytest.raises(TraceError, match="no space left on the device") as info:
+        record_traces(engine, data, config, good, epoch=2, append=True)
+    assert str(good) in str(info.value)
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traces.h5"]
+    with h5py.File(good, "r") as f:
+        assert f["pcsim/trials"].shape == (7,)
+
+
+def test_append_continues_the_time_axis(tmp_path):
+    config, data = _config(), _data()
+    engine = _engine(config)
+    path = record_traces(engine, data, config, tmp_path / "t.h5", epoch=1)
+    record_traces(engine, data, config, path, epoch=2, append=True)
+    with h5py.File(path, "r") as f:
+        trials = f["pcsim/trials"][:]
+        assert list(trials["epoch"]) == [1] * 7 + [2] * 7
+        assert np.all(np.diff(trials["start"]) == 7.0)
+        assert f["report/value_l1/data"].shape == (14 * 7, 5)
+
+
+def test_streaming_2000_mnist_samples_keeps_memory_bounded(mnist_root, tmp_path):
+    """2,000 test images of the 784-512-512-10 network, every step (T = 20): about
+    2000 x 21 frames x 2852 neurons x 4 B = 479 MB of frames. Buffering them would raise
+    the resident set (sampled every 5 ms while recording) by more than that; the
+    streaming writer, one batch of 100 samples (24 MB of frames) at a time, stays under
+    200 MB."""
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        def status(key):  # kB, from /proc/self/status
+            for line in open("/proc/self/status"):
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        from pcsim.config import load_config
+        from pcsim.experiment import build_trainer, record_traces
+        from pcsim.model import Network
+        cfg = load_config({str(REPO / 'networks' / 'mnist_pc.yaml')!r},
+                          {{"traces.enabled": True, "traces.samples": 2000, "run.device": "cpu"}})
+        import ctypes, torchvision
+        from pcsim.data import Dataset
+        test = torchvision.datasets.MNIST({str(mnist_root)!r}, train=False, download=True)
+        x = (test.data.reshape(-1, 784).float() / 255 - 0.1307) / 0.3081
+        data = Dataset("mnist", x[:1], test.targets[:1], x, test.targets.long(), 10, None)
+        engine = build_trainer(cfg, Network.from_config(cfg.network), torch.device("cpu"))
+        engine.init_state(data.test_x[:100], torch.zeros(100, 10))  # warm the allocator
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back: an honest baseline
+        import threading
+        before = status("VmRSS")
+        peak, done = [before], threading.Event()
+        def poll():  # sample the resident set every 5 ms while recording
+            while not done.is_set():
+                peak[0] = max(peak[0], status("VmRSS"))
+                done.wait(0.005)
+        thread = threading.Thread(target=poll)
+        thread.start()
+        path = record_traces(engine, data, cfg, {str(tmp_path / 'big.h5')!r}, epoch=1)
+        done.set()
+        thread.join()
+        after = peak[0]
+        print(json.dumps({{"growth_kb": after - before}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    growth_mb = json.loads(out.stdout.strip().splitlines()[-1])["growth_kb"] / 1024
+    print(f"peak RSS growth while recording: {growth_mb:.0f} MB")
+    assert 10 < growth_mb < 200, growth_mb  # the batch buffers show; 479 MB would not fit
+    with h5py.File(tmp_path / "big.h5", "r") as f:
+        assert f["report/value_l1/data"].shape == (2000 * 21, 512)
+        assert f["pcsim/trials"].shape == (2000,)
