@@ -145,7 +145,8 @@ def plot_traces(trace_path: str | Path, folder: str | Path, trial: int = 0,
             if np.any(energy[:, l]):
                 ax.plot(t, energy[:, l], label=f"E_l{l}")
         ax.plot(t, energy.sum(1), "k--", label="E")
-        ax.set_yscale("symlog", linthresh=1e-6)
+        positive = energy[energy > 0]
+        ax.set_yscale("symlog", linthresh=max(float(positive.min()) if positive.size else 1.0, 1e-15))
         ax.set_xlabel("inference time (ms)")
         ax.set_ylabel("free energy")
         ax.set_title(f"energy per layer, {title}", fontsize=9)

@@ -107,3 +107,45 @@ def test_python_dash_m_pcsim_is_the_cli():
     result = subprocess.run([sys.executable, "-m", "pcsim", "run", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--data-root" in result.stdout and "--device" in result.stdout
+
+
+def test_trace_failure_leaves_training_results_intact(mnist_root, tmp_path, capsys, monkeypatch):
+    """A full disk while writing traces (simulated) ends the run with a clear message and
+    exit code 2; the epoch's metrics and checkpoint were written before and still load."""
+    import errno
+
+    from pcsim.monitors.hdf5 import TraceWriter
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(TraceWriter, "_append", staticmethod(full))
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
+               "--out", str(tmp_path), "--set", "run.name=tr", "--epochs", "1",
+               "--set", "traces.enabled=true", *SMALL])
+    assert rc == 2
+    assert "no space left on the device" in capsys.readouterr().err
+    run_dir = tmp_path / "tr"
+    assert json.loads((run_dir / "metrics.json").read_text())[0]["epoch"] == 1
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not list(run_dir.glob("*.h5")) and not list(run_dir.glob(".*tmp"))
+    assert main(["eval", str(run_dir), "--data-root", str(mnist_root)]) == 0
+
+
+def test_traces_command_summarises_and_plots(mnist_root, tmp_path, capsys):
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
+               "--out", str(tmp_path), "--set", "run.name=tp", "--epochs", "1",
+               "--set", "traces.enabled=true", "--set", "traces.samples=3",
+               "--set", "events.enabled=true", "--set", "events.theta=0.01", *SMALL])
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["traces", str(tmp_path / "tp" / "traces.h5"), "--plot",
+                 str(tmp_path / "plots"), "--trial", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 trials" in out and "spikes value_l0" in out
+    for name in ("trial2_activity.png", "trial2_energy.png", "trial2_raster.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    assert main(["traces", str(bad)]) == 2
+    assert "not a readable HDF5 trace file" in capsys.readouterr().err
