@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set learning.epochs=2 (repeatable)")
     run.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides run.device)")
+    run.add_argument("--backend", choices=["torch", "brian2"], help="overrides run.backend")
     run.add_argument("--data-root", help="data root (overrides data.root and $PCSIM_DATA)")
     run.add_argument("--out", help="folder for run folders (overrides run.out)")
     run.add_argument("--epochs", type=int, help="overrides learning.epochs")
@@ -80,6 +81,8 @@ def _run(args) -> int:
     overrides = dict(parse_override(text) for text in args.set)
     if args.device:
         overrides["run.device"] = args.device
+    if args.backend:
+        overrides["run.backend"] = args.backend
     if args.epochs is not None:
         overrides["learning.epochs"] = args.epochs
     config = load_config(args.config, overrides)

@@ -255,7 +255,7 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.learning.seed)
-    device = resolve_device(config.run.device)
+    device = resolve_device("cpu" if config.run.backend == "brian2" else config.run.device)
     dtype = getattr(torch, config.run.dtype)
     network = Network.from_config(config.network)
     if network.sizes[0] != 784 or network.sizes[-1] != 10:
@@ -290,7 +290,8 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
     counts = {}
     try:
         for epoch in range(1, config.learning.epochs + 1):
-            counting = config.run.count_ops and epoch == config.learning.epochs
+            counting = (config.run.count_ops and epoch == config.learning.epochs
+                        and getattr(trainer, "supports_counting", True))
             train_counter = _new_counter(config) if counting else None
             trainer.recorder = train_counter
             e0_sum = torch.zeros((), device=device, dtype=torch.float64)

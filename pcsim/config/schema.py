@@ -120,7 +120,9 @@ class DataConfig(_Section):
 class RunConfig(_Section):
     """Where and how the run executes."""
 
-    backend: Literal["torch"] = "torch"
+    backend: Literal["torch", "brian2"] = "torch"
+    brian2_target: Literal["numpy", "cython"] = Field(
+        "numpy", description="brian2 code generation (cython compiles once, ~25-70 s)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["float32", "float64"] = "float32"
     out: str = Field("runs", description="folder that holds run folders")
@@ -226,6 +228,23 @@ class ExperimentConfig(_Section):
             raise ValueError("events.enabled with a finite dynamics.tau_w is not supported yet "
                              "(receivers would need their synaptic input re-sent after every "
                              "weight change)")
+        if self.run.backend == "brian2":
+            if self.events.enabled:
+                raise ValueError("run.backend 'brian2' does not execute events.enabled; "
+                                 "event mode runs on the torch backend")
+            if self.traces.enabled:
+                raise ValueError("run.backend 'brian2' does not record traces yet; record "
+                                 "them with the torch backend (same equations)")
+            if self.learning.rule == "bp":
+                raise ValueError("run.backend 'brian2' integrates PC dynamics; learning.rule "
+                                 "'bp' runs on the torch backend")
+            if self.run.dtype != "float64":
+                raise ValueError("run.backend 'brian2' computes in float64: set run.dtype: float64")
+            if self.run.device not in ("cpu", "auto"):
+                raise ValueError("run.backend 'brian2' runs on the CPU: set run.device: cpu")
+            if math.isfinite(self.dynamics.tau_w) and self.learning.batch_size != 1:
+                raise ValueError("run.backend 'brian2' with a finite tau_w needs "
+                                 "learning.batch_size: 1 (batch copies would learn apart)")
         if self.traces.enabled and self.learning.rule == "bp":
             raise ValueError("traces.enabled records PC dynamics (learning.rule: pc)")
         if self.events.enabled and self.learning.rule == "bp":

@@ -45,6 +45,7 @@ class EventSink(Protocol):
 #: needs no brian2).
 ENGINES = {
     "torch": "pcsim.engines.torch.engine:TorchEngine",
+    "brian2": "pcsim.engines.brian2.trainer:Brian2Trainer",
 }
 
 

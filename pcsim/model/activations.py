@@ -26,12 +26,15 @@ class Activation:
         ``f(a, xp)`` and ``f_prime(a, xp)`` on an array ``a`` of namespace ``xp``.
     brian2 : str
         ``f`` as a brian2 expression of ``a`` (for the brian2 engine).
+    brian2_prime : str
+        ``f_prime`` as a brian2 expression of ``a``.
     """
 
     name: str
     f: Callable[[Any, Any], Any]
     f_prime: Callable[[Any, Any], Any]
     brian2: str
+    brian2_prime: str
 
     @property
     def is_identity(self) -> bool:
@@ -44,17 +47,18 @@ def _sigmoid(a, xp):
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "identity": Activation("identity", lambda a, xp: a, lambda a, xp: a * 0 + 1, "a"),
+    "identity": Activation("identity", lambda a, xp: a, lambda a, xp: a * 0 + 1, "a", "1"),
     "tanh": Activation("tanh", lambda a, xp: xp.tanh(a),
-                       lambda a, xp: 1 - xp.tanh(a) ** 2, "tanh(a)"),
+                       lambda a, xp: 1 - xp.tanh(a) ** 2, "tanh(a)", "1 - tanh(a)**2"),
     "relu": Activation("relu", lambda a, xp: a * (a > 0), lambda a, xp: (a > 0) * 1.0,
-                       "a * int(a > 0)"),
+                       "a * int(a > 0)", "1.0 * int(a > 0)"),
     "sigmoid": Activation("sigmoid", _sigmoid,
                           lambda a, xp: _sigmoid(a, xp) * (1 - _sigmoid(a, xp)),
-                          "1 / (1 + exp(-a))"),
+                          "1 / (1 + exp(-a))", "(1 / (1 + exp(-a))) * (1 - 1 / (1 + exp(-a)))"),
     "leaky_relu": Activation("leaky_relu", lambda a, xp: xp.where(a > 0, a, _LEAK * a),
                              lambda a, xp: xp.where(a > 0, a * 0 + 1, a * 0 + _LEAK),
-                             f"a * int(a > 0) + {_LEAK} * a * int(a <= 0)"),
+                             f"a * int(a > 0) + {_LEAK} * a * int(a <= 0)",
+                             f"1.0 * int(a > 0) + {_LEAK} * int(a <= 0)"),
 }
 
 

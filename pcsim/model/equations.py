@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 
 __all__ = [
-    "VALUE_EQS", "ERROR_EQS", "WEIGHT_EQS", "BIAS_EQS",
+    "VALUE_EQS", "ERROR_EQS", "ERROR_FIXED_EQS", "WEIGHT_EQS", "BIAS_EQS",
     "error_fixed_point", "error_rhs", "gated_error", "value_rhs", "weight_rhs", "bias_rhs",
     "layer_energy", "prior_energy",
 ]
@@ -47,6 +47,8 @@ __all__ = [
 VALUE_EQS = "dx/dt = (-eps + I_fb) / tau_x : 1"  # I_fb = W_{l+1}^T (f'(a_{l+1}) * eps_{l+1})
 #: Error neuron, layer l: leaky estimate of eps_l = prec_l * (x_l - f(a_l)).
 ERROR_EQS = "deps/dt = (prec * (x - mu) - eps) / tau_eps : 1"  # mu = f(a), a = W_l x_{l-1} + b_l
+#: Error neuron with tau_eps = 0: it sits at its fixed point at every instant.
+ERROR_FIXED_EQS = "eps = prec * (x - mu) : 1"
 #: Plasticity of W_l: pre = value neuron of layer l-1, post = error neuron of layer l.
 WEIGHT_EQS = "dw/dt = (g_post * x_pre - lambda_w * w) / tau_w : 1"  # g = f'(a) * eps
 #: Plasticity of b_l: the post-synaptic gated error alone.

@@ -138,6 +138,10 @@ def test_unwritable_path_and_full_disk_give_clear_errors(tmp_path, monkeypatch):
     engine = _engine(config)
     with pytest.raises(TraceError, match="cannot write the trace file"):
         record_traces(engine, data, config, tmp_path / "absent" / "traces.h5", epoch=1)
+    (tmp_path / "a_file").write_text("")  # an unwritable place even for root
+    with pytest.raises(TraceError, match="cannot write the trace file"):
+        record_traces(engine, data, config, tmp_path / "a_file" / "traces.h5", epoch=1)
+    (tmp_path / "a_file").unlink()
     good = record_traces(engine, data, config, tmp_path / "traces.h5", epoch=1)
     before = good.read_bytes()
 

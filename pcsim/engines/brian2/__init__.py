@@ -1,0 +1,1 @@
+"""The brian2 engine (the only modules that import brian2)."""

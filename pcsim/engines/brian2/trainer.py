@@ -1,0 +1,107 @@
+"""Training with the brian2 engine: the PC cycle of SPEC 2.3 around :class:`Brian2Engine`.
+
+brian2 integrates the inference (and, for a finite ``tau_w``, the plasticity); the
+learning step feeds the local gradients of the final state to the same torch optimizer
+the torch engine uses, so a brian2 run and a torch run of one config differ only by
+their integrators.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from pcsim.engines.brian2.engine import Brian2Engine
+from pcsim.engines.torch.maps import init_parameters
+from pcsim.model import equations as eq
+
+__all__ = ["Brian2Trainer"]
+
+
+class Brian2Trainer:
+    """Train and evaluate a network with brian2 (CPU, float64)."""
+
+    name = "brian2"
+    supports_counting = False  # op counts come from the torch engine (SPEC 4)
+
+    def __init__(self, network, dynamics, *, seed=0, init="xavier_uniform", weight_decay=0.0,
+                 target="numpy"):
+        self.network = network
+        self.dynamics = dynamics
+        self.device = torch.device("cpu")
+        self.dtype = torch.float64
+        self.L = network.n_layers
+        self.params = init_parameters(network, init, seed, self.device, self.dtype)
+        self.engine = Brian2Engine(network, dynamics, self._numpy_params(),
+                                   weight_decay=weight_decay, target=target)
+        self.recorder = None
+
+    @classmethod
+    def from_config(cls, config, network=None, device=None):
+        from pcsim.model import Network
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError("the brian2 backend runs on the CPU; use run.device: cpu")
+        network = network or Network.from_config(config.network)
+        return cls(network, config.dynamics, seed=config.learning.seed, init=config.network.init,
+                   weight_decay=config.learning.weight_decay, target=config.run.brian2_target)
+
+    def _numpy_params(self):
+        return [(w.detach().numpy().copy(), b.detach().numpy().copy()) for w, b in self.params]
+
+    def parameters(self):
+        return [t for pair in self.params for t in pair]
+
+    def state_dict(self) -> dict:
+        return {"W": [w.detach().cpu() for w, _ in self.params],
+                "b": [b.detach().cpu() for _, b in self.params],
+                "prec": [layer.prec for layer in self.network.layers]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for (w, b), w_new, b_new in zip(self.params, state["W"], state["b"]):
+            if w.shape != w_new.shape:
+                raise ValueError(f"checkpoint weights {tuple(w_new.shape)} do not fit the "
+                                 f"network's {tuple(w.shape)}")
+            w.copy_(w_new)
+            b.copy_(b_new)
+
+    def _energy(self, xs) -> float:
+        """Batch-mean free energy of the states ``xs`` under the current weights."""
+        total = 0.0
+        for l in range(1, self.L + 1):
+            w, b = self.engine.params[l - 1]
+            mu = self.network.layers[l].activation.f(xs[l - 1] @ w.T + b, np)
+            total = total + eq.layer_energy(xs[l], mu, self.network.layers[l].prec, w.shape[0])
+        return float(np.mean(total))
+
+    @torch.no_grad()
+    def train_batch(self, x0, target, optimizer=None, hooks=()) -> dict:
+        """One PC cycle: brian2 integrates ``T`` steps from the feedforward start, then the
+        local gradients of the final state go to ``optimizer``."""
+        self.engine.params = self._numpy_params()
+        x0 = x0.detach().cpu().numpy()
+        target = target.detach().cpu().numpy()
+        clamped = self.network.clamped("train")
+        e0 = self._energy(self.engine._feedforward(x0, target, clamped))
+        traj = self.engine.run(x0, target, record=False)
+        final = [x[-1] for x in traj.x]
+        e1 = self._energy(final)
+        if math.isfinite(self.dynamics.tau_w):
+            for (w, b), w_new, b_new in zip(self.params, traj.weights, traj.biases):
+                w.copy_(torch.from_numpy(w_new))
+                b.copy_(torch.from_numpy(b_new))
+        if optimizer is not None:
+            for (w, b), (dw, db) in zip(self.params, self.engine.local_gradients(traj)):
+                w.grad = -torch.from_numpy(dw)
+                b.grad = -torch.from_numpy(db)
+            optimizer.step()
+        return {"energy_initial": torch.tensor(e0), "energy_final": torch.tensor(e1)}
+
+    @torch.no_grad()
+    def predict(self, x0) -> torch.Tensor:
+        """Feedforward read-out ``x_L = mu_L`` (the energy minimum with ``x_0`` clamped)."""
+        self.engine.params = self._numpy_params()
+        xs = self.engine._feedforward(np.asarray(x0.detach().cpu()), None, self.network.clamped("test"))
+        return torch.from_numpy(xs[-1])
