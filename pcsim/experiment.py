@@ -169,16 +169,27 @@ def record_traces(engine, data: Dataset, config: ExperimentConfig, path: Path, e
                     frames[p][:, frame] = state.float().cpu().numpy()
                 energy[:, frame] = torch.stack(engine.layer_energies(s), 1).cpu().numpy()
 
-            engine.event_sink = sink if spike_pops else None
-            try:
-                s = engine.init_state(x0, target, phase="train")
-                capture(s, 0)
-                for k in range(1, T + 1):
-                    engine.step(s)
-                    if k % every == 0:
-                        capture(s, k // every)
-            finally:
-                engine.event_sink = None
+            if engine.name == "brian2":  # brian2 records the run itself
+                engine.engine.params = engine._numpy_params()
+                traj = engine.engine.run(x0.cpu().numpy(), target.cpu().numpy(), record=True)
+                for frame in range(writer.n_frames):
+                    k = frame * every
+                    for p in pops:
+                        kind, l = p.split("_l")
+                        frames[p][:, frame] = (traj.x if kind == "value" else traj.eps)[int(l)][k]
+                    energy[:, frame] = np.stack(engine.layer_energies(
+                        [x[k] for x in traj.x]), 1)
+            else:
+                engine.event_sink = sink if spike_pops else None
+                try:
+                    s = engine.init_state(x0, target, phase="train")
+                    capture(s, 0)
+                    for k in range(1, T + 1):
+                        engine.step(s)
+                        if k % every == 0:
+                            capture(s, k // every)
+                finally:
+                    engine.event_sink = None
             merged = {p: tuple(np.concatenate([e[i] for e in ev]) if ev else np.zeros(0)
                                for i in range(5)) for p, ev in events.items()}
             writer.add_trials(np.array(chunk), labels.cpu().numpy(), epoch, frames, energy, merged)

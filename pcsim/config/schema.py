@@ -232,9 +232,6 @@ class ExperimentConfig(_Section):
             if self.events.enabled:
                 raise ValueError("run.backend 'brian2' does not execute events.enabled; "
                                  "event mode runs on the torch backend")
-            if self.traces.enabled:
-                raise ValueError("run.backend 'brian2' does not record traces yet; record "
-                                 "them with the torch backend (same equations)")
             if self.learning.rule == "bp":
                 raise ValueError("run.backend 'brian2' integrates PC dynamics; learning.rule "
                                  "'bp' runs on the torch backend")

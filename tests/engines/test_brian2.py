@@ -138,6 +138,37 @@ def test_brian2_refuses_what_it_cannot_run(tmp_path):
     from tests.conftest import REPO
     for override, message in (({"events.enabled": True}, "event mode runs on the torch"),
                               ({"run.dtype": "float32"}, "float64"),
-                              ({"traces.enabled": True}, "does not record traces")):
+                              ({"learning.rule": "bp"}, "runs on the torch backend")):
         with pytest.raises(ConfigError, match=message):
             load_config(REPO / "networks" / "mnist_brian2.yaml", override)
+
+
+def test_brian2_traces_equal_torch_traces(tmp_path):
+    """The same trace recording on both backends: identical layout, and values, errors
+    and per-layer energies equal to round-off."""
+    import h5py
+
+    from pcsim.config import config_from_dict
+    from pcsim.data import Dataset
+    from pcsim.experiment import build_trainer, record_traces
+    from pcsim.model import Network
+    from tests.conftest import REPO
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=g)
+    data = Dataset("toy", x, y, x, y, 3, REPO)
+    files = {}
+    for backend in ("brian2", "torch"):
+        config = config_from_dict({
+            "network": {"layers": [{"size": 5}, {"size": 4, "activation": "tanh"}, {"size": 3}]},
+            "dynamics": {"tau_x": "10 ms", "tau_eps": "10 ms", "dt": "1 ms", "n_steps": 8},
+            "traces": {"enabled": True, "samples": 6, "every": 2, "batch_size": 4},
+            "run": {"backend": backend, "dtype": "float64", "device": "cpu"}})
+        trainer = build_trainer(config, Network.from_config(config.network), torch.device("cpu"))
+        files[backend] = record_traces(trainer, data, config, tmp_path / f"{backend}.h5", 1)
+    with h5py.File(files["brian2"], "r") as fb, h5py.File(files["torch"], "r") as ft:
+        for name in ("value_l1", "error_l1", "error_l2", "value_l2"):
+            assert_close(fb[f"report/{name}/data"][:], ft[f"report/{name}/data"][:], atol=1e-6)
+        assert_close(fb["pcsim/energy"][:], ft["pcsim/energy"][:], atol=1e-12)
+        assert (fb["pcsim/trials"][:] == ft["pcsim/trials"][:]).all()

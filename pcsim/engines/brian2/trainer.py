@@ -33,6 +33,8 @@ class Brian2Trainer:
         self.device = torch.device("cpu")
         self.dtype = torch.float64
         self.L = network.n_layers
+        self.dt = float(dynamics.dt)
+        self.n_steps = int(dynamics.steps)
         self.params = init_parameters(network, init, seed, self.device, self.dtype)
         self.engine = Brian2Engine(network, dynamics, self._numpy_params(),
                                    weight_decay=weight_decay, target=target)
@@ -67,14 +69,20 @@ class Brian2Trainer:
             w.copy_(w_new)
             b.copy_(b_new)
 
-    def _energy(self, xs) -> float:
-        """Batch-mean free energy of the states ``xs`` under the current weights."""
-        total = 0.0
+    def layer_energies(self, xs) -> list:
+        """``E_l`` per sample of the value states ``xs`` (numpy) under the current weights;
+        ``E_0`` is zero (x_0 is clamped in supervised mode, or carries its prior)."""
+        out = [eq.prior_energy(xs[0], self.network.prec_0)
+               if not self.network.clamped("train")[0] else np.zeros(len(xs[0]))]
         for l in range(1, self.L + 1):
             w, b = self.engine.params[l - 1]
             mu = self.network.layers[l].activation.f(xs[l - 1] @ w.T + b, np)
-            total = total + eq.layer_energy(xs[l], mu, self.network.layers[l].prec, w.shape[0])
-        return float(np.mean(total))
+            out.append(eq.layer_energy(xs[l], mu, self.network.layers[l].prec, w.shape[0]))
+        return out
+
+    def _energy(self, xs) -> float:
+        """Batch-mean free energy of the states ``xs`` under the current weights."""
+        return float(np.mean(sum(self.layer_energies(xs))))
 
     @torch.no_grad()
     def train_batch(self, x0, target, optimizer=None, hooks=()) -> dict:
