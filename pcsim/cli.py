@@ -61,7 +61,8 @@ def _energy(args) -> int:
     path = run_dir / "op_counts.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no op counts (the run was made with run.count_ops "
-                                "false, or did not finish an epoch)")
+                                "false, by a pcsim without op counting, or did not finish an "
+                                "epoch)")
     counts = {work: OpCounts.from_json(data) for work, data in json.loads(path.read_text()).items()}
     names = args.profile
     if not names:

@@ -172,3 +172,17 @@ def test_brian2_traces_equal_torch_traces(tmp_path):
             assert_close(fb[f"report/{name}/data"][:], ft[f"report/{name}/data"][:], atol=1e-6)
         assert_close(fb["pcsim/energy"][:], ft["pcsim/energy"][:], atol=1e-12)
         assert (fb["pcsim/trials"][:] == ft["pcsim/trials"][:]).all()
+
+
+@pytest.mark.slow
+def test_cython_target_agrees_with_numpy_target():
+    """brian2's cython code generation (compiles on first use, 25-70 s, cached in the home
+    folder) integrates the same trajectories as its numpy target."""
+    dyn = make_dynamics(dt=1e-3, tau_x=10e-3, tau_eps=10e-3, n_steps=6)
+    _, numpy_engine = _pair([4, 5, 3], ["identity", "tanh", "identity"], dyn)
+    cython_engine = Brian2Engine(numpy_engine.network, dyn, numpy_engine.params, target="cython")
+    rng = np.random.default_rng(6)
+    x0, target = rng.normal(size=(2, 4)), rng.normal(size=(2, 3))
+    a, b = numpy_engine.run(x0, target), cython_engine.run(x0, target)
+    for l in range(3):
+        assert_close(b.x[l], a.x[l], atol=TOL)
