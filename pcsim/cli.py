@@ -26,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="folder for run folders (overrides run.out)")
     run.add_argument("--epochs", type=int, help="overrides learning.epochs")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue this run folder from its last checkpoint")
+
+    rs = sub.add_parser("resume", help="continue a run folder from its last checkpoint")
+    rs.add_argument("run_dir", help="a run folder written by `pcsim run`")
+    rs.add_argument("--data-root", help="data root (overrides the run's data.root)")
+    rs.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ev = sub.add_parser("eval", help="evaluate a run folder's checkpoint on the test set")
     ev.add_argument("run_dir", help="a run folder written by `pcsim run` (or its checkpoint.pt)")
@@ -47,6 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "or the checkout's hw_profiles/)")
     en.add_argument("--json", action="store_true", help="print the full report as JSON")
     return parser
+
+
+def _resume(args) -> int:
+    from pathlib import Path
+
+    from pcsim.config import load_config
+    from pcsim.experiment import CONFIG, run_experiment
+
+    path = Path(args.run_dir) / CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no resolved config; not a run folder of `pcsim run`")
+    config = load_config(path)
+    result = run_experiment(config, source=str(path), data_root=args.data_root,
+                            progress=False if args.no_progress else None, resume=args.run_dir)
+    print(f"test accuracy {100 * result.final_accuracy:.2f}% after {len(result.metrics)} "
+          f"epochs; run folder: {result.run_dir}")
+    return 0
 
 
 def _energy(args) -> int:
@@ -88,7 +112,7 @@ def _run(args) -> int:
         overrides["learning.epochs"] = args.epochs
     config = load_config(args.config, overrides)
     result = run_experiment(config, source=args.config, data_root=args.data_root, out=args.out,
-                            progress=False if args.no_progress else None)
+                            progress=False if args.no_progress else None, resume=args.resume)
     if result.metrics:
         print(f"test accuracy {100 * result.final_accuracy:.2f}% after "
               f"{len(result.metrics)} epochs; run folder: {result.run_dir}")
@@ -151,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return {"run": _run, "eval": _eval, "energy": _energy,
+        return {"run": _run, "eval": _eval, "energy": _energy, "resume": _resume,
                 "traces": _traces}[args.command](args)
     except (ConfigError, ProfileError, TraceError, UnitError, FileNotFoundError, FileExistsError, FloatingPointError,
             ValueError, RuntimeError) as exc:

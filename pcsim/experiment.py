@@ -215,7 +215,8 @@ def write_energy_report(run_dir: Path, counts: dict, config: ExperimentConfig,
     return report
 
 
-def _save_checkpoint(path: Path, trainer, optimizer, scheduler, config, epoch: int) -> None:
+def _save_checkpoint(path: Path, trainer, optimizer, scheduler, config, epoch: int,
+                     progress: Optional[dict] = None, metrics: Optional[list] = None) -> None:
     state = trainer.state_dict()
     for tensor in state["W"] + state["b"]:
         if not torch.isfinite(tensor).all():
@@ -224,6 +225,7 @@ def _save_checkpoint(path: Path, trainer, optimizer, scheduler, config, epoch: i
     payload = {"params": state, "optimizer": optimizer.state_dict() if optimizer else None,
                "scheduler": scheduler.state_dict() if scheduler else None,
                "config": config.model_dump(), "epoch": epoch,
+               "progress": progress, "metrics": metrics,
                "pcsim_version": __version__}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -240,9 +242,33 @@ def _make_run_dir(config: ExperimentConfig, source: Optional[str], out: Optional
     return run_dir
 
 
+#: sections whose change makes a checkpoint meaningless for resuming
+_RESUME_SECTIONS = ("network", "dynamics", "learning", "data", "events", "hw_profiles")
+
+
+def _check_resumable(config: ExperimentConfig, saved: dict, path: Path) -> None:
+    """Refuse to resume ``saved`` (a checkpoint's config) under a changed ``config``."""
+    now = config.model_dump()
+    changed = []
+    for section in _RESUME_SECTIONS:
+        a, b = now.get(section), saved.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                if section == "data" and key in ("root", "download"):
+                    continue
+                if a.get(key) != b.get(key):
+                    changed.append(f"{section}.{key}: checkpoint {b.get(key)!r}, now {a.get(key)!r}")
+        elif a != b:
+            changed.append(f"{section}: checkpoint {b!r}, now {a!r}")
+    if changed:
+        raise ValueError(f"{path}: cannot resume, the config changed in ways that make the "
+                         "checkpoint meaningless:\n  " + "\n  ".join(changed))
+
+
 def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
                    data_root: Optional[str] = None, out: Optional[str] = None,
-                   progress: Optional[bool] = None) -> RunResult:
+                   progress: Optional[bool] = None,
+                   resume: Optional[str | Path] = None) -> RunResult:
     """Train and evaluate ``config``; write the run folder (SPEC section 5).
 
     Parameters
@@ -256,6 +282,11 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
         Overrides ``run.out``.
     progress : bool, optional
         Overrides ``run.progress``.
+    resume : path, optional
+        A run folder to continue from its last checkpoint (epoch end or every
+        ``run.checkpoint_every`` batches): weights, optimizer and schedule state, data
+        order and position, partial sums and counts, metrics. Without a checkpoint there
+        yet, the run starts from the beginning in that folder.
 
     Returns
     -------
@@ -281,13 +312,38 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
     scheduler = make_scheduler(config.learning, optimizer)
     train_cost, test_cost = _train_cost(config, network), feedforward_cost(network)
 
-    run_dir = _make_run_dir(config, source, out)
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"{run_dir}: no such run folder to resume")
+        if (run_dir / CHECKPOINT).exists():
+            try:
+                ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets one message
+                raise ValueError(f"{run_dir / CHECKPOINT}: not a readable pcsim checkpoint "
+                                 f"({type(exc).__name__}: {exc})") from None
+            _check_resumable(config, ckpt["config"], run_dir / CHECKPOINT)
+            if ckpt.get("progress") is None:
+                raise ValueError(f"{run_dir / CHECKPOINT}: written by a pcsim without resume "
+                                 "information; start a new run")
+            trainer.load_state_dict(ckpt["params"])
+            if optimizer is not None and ckpt["optimizer"] is not None:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None and ckpt["scheduler"] is not None:
+                scheduler.load_state_dict(ckpt["scheduler"])
+    else:
+        run_dir = _make_run_dir(config, source, out)
     resolved = config.model_dump()
     resolved["data"]["root"] = str(root)
     write_text(run_dir / CONFIG, yaml.safe_dump(resolved, sort_keys=False))
-    info = {"pcsim_version": __version__, "source": source,
-            "started": _dt.datetime.now().isoformat(timespec="seconds"),
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    info = {"pcsim_version": __version__, "source": source, "started": now,
             "machine": machine_info(device)}
+    if resume is not None and (run_dir / RUN_INFO).exists():
+        import json
+        info = json.loads((run_dir / RUN_INFO).read_text())
+        info.setdefault("resumed", []).append(now)
     write_json(run_dir / RUN_INFO, info)
 
     n_train = data.train_x.shape[0]
@@ -296,23 +352,46 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
     show = config.run.progress if progress is None else progress
     generator = torch.Generator().manual_seed(config.learning.seed)
     result = RunResult(run_dir)
+    saved = ckpt["progress"] if ckpt is not None else {"epoch": 1, "batch": 0}
+    if ckpt is not None:
+        generator.set_state(ckpt["progress"]["gen_state"])
+        result.metrics = list(ckpt["metrics"] or [])
+    every = config.run.checkpoint_every
+    if ckpt is None:  # the starting point is a checkpoint too: a run that dies at once resumes
+        _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config, 0,
+                         metrics=[], progress={"epoch": 1, "batch": 0,
+                                               "gen_state": generator.get_state()})
     bar = tqdm(total=config.learning.epochs * n_batches, disable=not show, unit="batch",
-               dynamic_ncols=True, desc=Path(source).stem if source else "run")
+               dynamic_ncols=True, desc=Path(source).stem if source else "run",
+               initial=(saved["epoch"] - 1) * n_batches + saved["batch"])
     counts = {}
     try:
-        for epoch in range(1, config.learning.epochs + 1):
+        for epoch in range(saved["epoch"], config.learning.epochs + 1):
             counting = (config.run.count_ops and epoch == config.learning.epochs
                         and getattr(trainer, "supports_counting", True))
             train_counter = _new_counter(config) if counting else None
             trainer.recorder = train_counter
-            e0_sum = torch.zeros((), device=device, dtype=torch.float64)
-            e1_sum = torch.zeros((), device=device, dtype=torch.float64)
+            epoch_gen_state = generator.get_state()  # replays this epoch's data order
+            mid = epoch == saved["epoch"] and saved["batch"] > 0
+            skip = saved["batch"] if mid else 0
+            e0_sum = torch.tensor(saved["e0"] if mid else 0.0, device=device, dtype=torch.float64)
+            e1_sum = torch.tensor(saved["e1"] if mid else 0.0, device=device, dtype=torch.float64)
+            time_before = saved["train_time"] if mid else 0.0
+            if mid and train_counter is not None and saved.get("counter"):
+                train_counter.load(saved["counter"])
             start = time.perf_counter()
             for k, idx in enumerate(iterate_batches(n_train, batch_size, generator)):
+                if k < skip:
+                    continue
                 idx = idx.to(device)
                 x0 = data.train_x[idx]
                 target = data.one_hot(data.train_y[idx], dtype)
-                out_b = trainer.train_batch(x0, target, optimizer)
+                try:
+                    out_b = trainer.train_batch(x0, target, optimizer)
+                except FloatingPointError as exc:
+                    raise FloatingPointError(
+                        f"epoch {epoch}, batch {k}: {exc}; the run stopped and the last good "
+                        f"checkpoint in {run_dir} is kept") from None
                 if train_counter is not None:
                     train_counter.add_samples(len(idx))
                 e0_sum += out_b["energy_initial"] * len(idx)
@@ -326,9 +405,18 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
                             f"diverged (lower learning.lr or dynamics.dt); the last good "
                             f"checkpoint and metrics in {run_dir} are kept")
                     bar.set_postfix(epoch=epoch, E=f"{e1:.4g}")
+                if every and (k + 1) % every == 0 and k + 1 < n_batches:
+                    _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config,
+                                     epoch - 1, metrics=result.metrics, progress={
+                                         "epoch": epoch, "batch": k + 1,
+                                         "gen_state": epoch_gen_state, "e0": float(e0_sum),
+                                         "e1": float(e1_sum),
+                                         "train_time": time_before + time.perf_counter() - start,
+                                         "counter": train_counter.state()
+                                         if train_counter is not None else None})
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            train_time = time.perf_counter() - start
+            train_time = time_before + time.perf_counter() - start
             lr = optimizer.param_groups[0]["lr"] if optimizer else 0.0
             if scheduler is not None:
                 scheduler.step()
@@ -357,8 +445,11 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
                 counts = {"train": train_counter.result(), "test": test_counter.result()}
                 record["ops_per_train_sample"] = counts["train"].summary()
                 record["ops_per_test_sample"] = counts["test"].summary()
-            _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config, epoch)
             result.metrics.append(record)
+            _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config, epoch,
+                             metrics=result.metrics,
+                             progress={"epoch": epoch + 1, "batch": 0,
+                                       "gen_state": generator.get_state()})
             write_json(run_dir / METRICS, result.metrics)
             from pcsim.plots import plot_metrics
             plot_metrics(result.metrics, run_dir, title=Path(source).stem if source else "")
@@ -385,7 +476,15 @@ def load_run(run_dir: str | Path, device: Optional[str] = None):
     if not ckpt_path.exists():
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint (expected a run folder written "
                                 "by `pcsim run`, or its checkpoint.pt)")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign files fail in many ways
+        raise ValueError(f"{ckpt_path}: not a readable pcsim checkpoint ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from None
+    missing = [k for k in ("config", "params", "epoch") if not isinstance(checkpoint, dict)
+               or k not in checkpoint]
+    if missing:
+        raise ValueError(f"{ckpt_path}: not a pcsim checkpoint (missing {missing})")
     config = config_from_dict(checkpoint["config"], str(ckpt_path))
     if device:
         config = config.model_copy(update={"run": config.run.model_copy(update={"device": device})})

@@ -108,6 +108,8 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

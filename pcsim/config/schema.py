@@ -129,6 +129,8 @@ class RunConfig(_Section):
     name: Optional[str] = Field(None, description="run folder name; default: config stem + time")
     progress: bool = True
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads")
+    checkpoint_every: Optional[int] = Field(
+        None, gt=0, description="also checkpoint every N training batches (resumable)")
     count_ops: bool = Field(
         True, description="count ops (SPEC 4) in the last epoch and its evaluation, for the "
         "energy report; counting never runs when off")

@@ -129,7 +129,7 @@ def load_profile(name_or_path: str | Path, folder: Optional[str | Path] = None) 
                                f"{available_profiles(folder)}")
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{path}: cannot read profile: {exc}") from None
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a mapping at the top level")

@@ -53,6 +53,17 @@ class OpCounter:
         """Record that ``n`` more samples went through the counted work."""
         self.n_samples += n
 
+    def state(self) -> dict:
+        """Exact counts so far, for a checkpoint (plain lists and ints)."""
+        return {"n_samples": self.n_samples,
+                "cells": [[p, st, t, k, int(v)] for (p, st, t, k), v in self._counts.items()]}
+
+    def load(self, state: dict) -> None:
+        """Continue from :meth:`state` (a resumed run)."""
+        self.n_samples = int(state["n_samples"])
+        for p, st, t, k, v in state["cells"]:
+            self._counts[(p, int(st), t, k)] = int(v)
+
     def result(self) -> "OpCounts":
         """Freeze into exact Python integers."""
         cells = {key: int(value) for key, value in self._counts.items()}

@@ -480,6 +480,28 @@ class TorchEngine:
         optimizer.step()
 
     @torch.no_grad()
+    def diagnose(self, x0, target) -> str:
+        """Re-run a batch's inference step by step and name where it stops being finite
+        (layer, population, step) with the likely cause."""
+        eta = self.dt / self.tau_x
+        if eta > 1:
+            cause = (f"dt / tau_x = {eta:g} > 1: each Euler step overshoots the value "
+                     "neurons' equilibrium; lower dynamics.dt or raise dynamics.tau_x")
+        else:
+            cause = ("the weights or activity diverged: lower learning.lr (or dynamics.dt), "
+                     "or check the precisions")
+        s = self.init_state(x0, target, phase="train")
+        for step in range(self.n_steps + 1):
+            if step:
+                self.step(s)
+            for l in range(self.L + 1):
+                for name, value in ((f"value_l{l}", s.x[l]), (f"error_l{l}", s.eps[l])):
+                    if value is not None and not bool(torch.isfinite(value).all()):
+                        return (f"non-finite {name} (layer {l}) at inference step {step}: "
+                                f"{cause}")
+        return f"non-finite free energy after inference: {cause}"
+
+    @torch.no_grad()
     def predict(self, x0) -> torch.Tensor:
         """Feedforward read-out ``x_L`` (the energy minimum with only ``x_0`` clamped)."""
         if self.events is not None or self.recorder is not None:
@@ -503,6 +525,8 @@ class TorchEngine:
         e0 = self.energy(s).mean()
         self.infer(s, hooks=hooks)
         e1 = self.energy(s).mean()
+        if not bool(torch.isfinite(e1)):  # guard before the learning step touches a weight
+            raise FloatingPointError(self.diagnose(x0, target))
         if optimizer is not None:
             self.apply_gradients(self.local_gradients(s), optimizer)
         return {"energy_initial": e0, "energy_final": e1}
