@@ -169,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `pcsim` command; returns the exit status."""
     from pcsim.config import ConfigError
     from pcsim.energy import ProfileError
-    from pcsim.monitors.hdf5 import TraceError
+    from pcsim.monitors.hdf5 import TraceError, TraceWriteError
     from pcsim.units import UnitError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -177,9 +177,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return {"run": _run, "eval": _eval, "energy": _energy, "resume": _resume,
                 "traces": _traces}[args.command](args)
-    except (ConfigError, ProfileError, TraceError, UnitError, FileNotFoundError, FileExistsError, FloatingPointError,
+    except (FloatingPointError, TraceWriteError) as exc:  # failed while running: exit 1
+        print(f"pcsim {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, ProfileError, TraceError, UnitError, FileNotFoundError, FileExistsError,
             ValueError, RuntimeError) as exc:
-        print(f"pcsim {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pcsim {args.command}: error: {exc}", file=sys.stderr)  # bad input: exit 2
         return 2
     except KeyboardInterrupt:
         print(f"pcsim {args.command}: interrupted; completed epochs are in the run folder",

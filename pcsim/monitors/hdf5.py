@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TraceError", "TraceWriter", "SORTING"]
+__all__ = ["TraceError", "TraceWriteError", "TraceWriter", "SORTING"]
 
 #: SONATA's spike sorting enum.
 SORTING = {"none": 0, "by_id": 1, "by_time": 2}
@@ -34,6 +34,10 @@ SORTING = {"none": 0, "by_id": 1, "by_time": 2}
 
 class TraceError(RuntimeError):
     """A trace file that cannot be written or read; the message names the file."""
+
+
+class TraceWriteError(TraceError):
+    """Writing a trace failed while running (disk full, folder missing)."""
 
 
 def _h5():
@@ -81,7 +85,7 @@ class TraceWriter:
             self._open(attrs or {}, append and self.path.exists())
         except OSError as exc:
             self.abort()
-            raise TraceError(self._why(exc)) from None
+            raise TraceWriteError(self._why(exc)) from None
 
     # ------------------------------------------------------------------ opening
     def _why(self, exc) -> str:
@@ -170,7 +174,7 @@ class TraceWriter:
             self._add(np.asarray(sample_index), np.asarray(labels), epoch, frames, energy, events)
         except OSError as exc:
             self.abort()
-            raise TraceError(self._why(exc)) from None
+            raise TraceWriteError(self._why(exc)) from None
 
     def _add(self, sample_index, labels, epoch, frames, energy, events):
         f, B = self._file, len(sample_index)
@@ -212,7 +216,7 @@ class TraceWriter:
             os.replace(self._tmp, self.path)
         except OSError as exc:
             self.abort()
-            raise TraceError(self._why(exc)) from None
+            raise TraceWriteError(self._why(exc)) from None
         return self.path
 
     def abort(self) -> None:
