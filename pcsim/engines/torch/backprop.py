@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pcsim.engines.torch.maps import build_maps, init_parameters
+from pcsim.engines.torch.maps import build_maps, init_parameters, load_params, params_state
 from pcsim.model import equations as eq
 
 __all__ = ["BackpropTrainer"]
@@ -45,18 +45,10 @@ class BackpropTrainer:
         return [t for pair in self.params for t in pair]
 
     def state_dict(self) -> dict:
-        return {"W": [w.detach().cpu() for w, _ in self.params],
-                "b": [b.detach().cpu() for _, b in self.params],
-                "prec": [layer.prec for layer in self.network.layers]}
+        return params_state(self.params, self.network)
 
-    @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        for (w, b), w_new, b_new in zip(self.params, state["W"], state["b"]):
-            if w.shape != w_new.shape:
-                raise ValueError(f"checkpoint weights {tuple(w_new.shape)} do not fit the "
-                                 f"network's {tuple(w.shape)}")
-            w.copy_(w_new)
-            b.copy_(b_new)
+        load_params(self.params, state)
 
     def forward(self, x0):
         x = torch.as_tensor(x0, device=self.device, dtype=self.dtype)

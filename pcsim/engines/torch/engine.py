@@ -16,7 +16,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from pcsim.engines.torch.events import SigmaDelta
-from pcsim.engines.torch.maps import build_maps, init_parameters
+from pcsim.engines.torch.maps import build_maps, init_parameters, load_params, params_state
 from pcsim.model import equations as eq
 
 __all__ = ["PCState", "TorchEngine", "resolve_device"]
@@ -155,17 +155,10 @@ class TorchEngine:
         return [t for pair in self.params for t in pair]
 
     def state_dict(self) -> dict:
-        return {"W": [w.detach().cpu() for w, _ in self.params],
-                "b": [b.detach().cpu() for _, b in self.params],
-                "prec": list(self.prec)}
+        return params_state(self.params, self.network)
 
     def load_state_dict(self, state: dict) -> None:
-        for (w, b), w_new, b_new in zip(self.params, state["W"], state["b"]):
-            if w.shape != w_new.shape or b.shape != b_new.shape:
-                raise ValueError(f"checkpoint weights {tuple(w_new.shape)} do not fit the "
-                                 f"network's {tuple(w.shape)}")
-            w.copy_(w_new)
-            b.copy_(b_new)
+        load_params(self.params, state)
 
     # ------------------------------------------------------------------ state
     def _as_tensor(self, value):

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-__all__ = ["DenseMap", "init_parameters", "build_maps"]
+__all__ = ["DenseMap", "init_parameters", "build_maps", "params_state", "load_params"]
 
 
 class DenseMap:
@@ -100,3 +100,24 @@ def build_maps(network, params) -> list:
             raise KeyError(f"unknown projection kind {p.kind!r}; valid: dense")
         maps.append(DenseMap(w, b))
     return maps
+
+
+def params_state(params, network) -> dict:
+    """The checkpoint form of ``[[W, b], ...]``: CPU copies and the precisions."""
+    return {"W": [w.detach().cpu() for w, _ in params],
+            "b": [b.detach().cpu() for _, b in params],
+            "prec": [layer.prec for layer in network.layers]}
+
+
+@torch.no_grad()
+def load_params(params, state: dict) -> None:
+    """Copy a checkpoint's weights into ``params`` in place, refusing other shapes."""
+    if len(state["W"]) != len(params) or len(state["b"]) != len(params):
+        raise ValueError(f"checkpoint has {len(state['W'])} projections, the network "
+                         f"{len(params)}")
+    for (w, b), w_new, b_new in zip(params, state["W"], state["b"]):
+        if w.shape != w_new.shape or b.shape != b_new.shape:
+            raise ValueError(f"checkpoint weights {tuple(w_new.shape)} do not fit the "
+                             f"network's {tuple(w.shape)}")
+        w.copy_(w_new)
+        b.copy_(b_new)
