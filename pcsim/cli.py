@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="folder for run folders (overrides run.out)")
     run.add_argument("--epochs", type=int, help="overrides learning.epochs")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--nproc", type=int, metavar="N",
+                     help="data-parallel over N processes: launches torchrun --nproc-per-node N")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue this run folder from its last checkpoint")
 
@@ -96,6 +98,26 @@ def _energy(args) -> int:
     report = build_energy_report(counts, names, args.profiles_dir)
     print(json.dumps(report, indent=2) if args.json else format_energy_table(report))
     return 0
+
+
+def _launch(argv) -> int:
+    """Re-run this command under torchrun, without ``--nproc``."""
+    import subprocess
+
+    rest, skip, nproc = [], False, None
+    for k, token in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if token == "--nproc":
+            nproc, skip = argv[k + 1], True
+        elif token.startswith("--nproc="):
+            nproc = token.split("=", 1)[1]
+        else:
+            rest.append(token)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "pcsim", *rest]
+    return subprocess.run(cmd).returncode
 
 
 def _run(args) -> int:
@@ -174,6 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command == "run" and args.nproc and args.nproc > 1:
+        return _launch(list(sys.argv[1:] if argv is None else argv))
     try:
         return {"run": _run, "eval": _eval, "energy": _energy, "resume": _resume,
                 "traces": _traces}[args.command](args)

@@ -25,6 +25,7 @@ from pcsim.energy.report import build_energy_report
 from pcsim.model import Network, bp_train_cost, feedforward_cost, pc_train_cost
 from pcsim.monitors import OpCounter
 from pcsim.monitors.hdf5 import TraceWriter
+from pcsim.parallel import from_env
 from pcsim.runio import atomic_path, write_json, write_text
 
 __all__ = ["RunResult", "run_experiment", "evaluate", "build_trainer", "load_run",
@@ -292,12 +293,24 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
     -------
     RunResult
     """
-    from tqdm.auto import tqdm
-
+    threads_before = torch.get_num_threads()
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
+    try:
+        return _run_experiment(config, source=source, data_root=data_root, out=out,
+                               progress=progress, resume=resume)
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the process as it was
+
+
+def _run_experiment(config, *, source, data_root, out, progress, resume) -> RunResult:
+    from tqdm.auto import tqdm
+
     torch.manual_seed(config.learning.seed)
     device = resolve_device("cpu" if config.run.backend == "brian2" else config.run.device)
+    par, device = from_env(device, config.run.dist_timeout)
+    if par.active and config.run.backend == "brian2":
+        raise ValueError("data-parallel runs use the torch backend (run.backend: torch)")
     dtype = getattr(torch, config.run.dtype)
     network = Network.from_config(config.network)
     if network.sizes[0] != 784 or network.sizes[-1] != 10:
@@ -333,10 +346,12 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
             if scheduler is not None and ckpt["scheduler"] is not None:
                 scheduler.load_state_dict(ckpt["scheduler"])
     else:
-        run_dir = _make_run_dir(config, source, out)
+        run_dir = _make_run_dir(config, source, out) if par.is_main else None
+        run_dir = Path(par.broadcast(str(run_dir) if run_dir else None))
     resolved = config.model_dump()
     resolved["data"]["root"] = str(root)
-    write_text(run_dir / CONFIG, yaml.safe_dump(resolved, sort_keys=False))
+    if par.is_main:
+        write_text(run_dir / CONFIG, yaml.safe_dump(resolved, sort_keys=False))
     now = _dt.datetime.now().isoformat(timespec="seconds")
     info = {"pcsim_version": __version__, "source": source, "started": now,
             "machine": machine_info(device)}
@@ -344,11 +359,17 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
         import json
         info = json.loads((run_dir / RUN_INFO).read_text())
         info.setdefault("resumed", []).append(now)
-    write_json(run_dir / RUN_INFO, info)
+    info["processes"] = par.world
+    if par.is_main:
+        write_json(run_dir / RUN_INFO, info)
 
     n_train = data.train_x.shape[0]
     batch_size = config.learning.batch_size
     n_batches = math.ceil(n_train / batch_size)
+    last = n_train - (n_batches - 1) * batch_size
+    if par.active and min(batch_size, last) < par.world:
+        raise ValueError(f"learning.batch_size: {par.world} processes need at least "
+                         f"{par.world} samples in every batch (the last has {last})")
     show = config.run.progress if progress is None else progress
     generator = torch.Generator().manual_seed(config.learning.seed)
     result = RunResult(run_dir)
@@ -357,11 +378,12 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
         generator.set_state(ckpt["progress"]["gen_state"])
         result.metrics = list(ckpt["metrics"] or [])
     every = config.run.checkpoint_every
-    if ckpt is None:  # the starting point is a checkpoint too: a run that dies at once resumes
+    if ckpt is None and par.is_main:  # the start is a checkpoint too: a run that dies at once resumes
         _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config, 0,
                          metrics=[], progress={"epoch": 1, "batch": 0,
                                                "gen_state": generator.get_state()})
-    bar = tqdm(total=config.learning.epochs * n_batches, disable=not show, unit="batch",
+    bar = tqdm(total=config.learning.epochs * n_batches, disable=not show or not par.is_main,
+               unit="batch",
                dynamic_ncols=True, desc=Path(source).stem if source else "run",
                initial=(saved["epoch"] - 1) * n_batches + saved["batch"])
     counts = {}
@@ -383,6 +405,10 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
             for k, idx in enumerate(iterate_batches(n_train, batch_size, generator)):
                 if k < skip:
                     continue
+                n_global, idx = len(idx), par.shard(idx)
+                if par.active:
+                    trainer.grad_reducer = (lambda grads, n=len(idx), m=n_global:
+                                            par.reduce_grads(grads, n, m))
                 idx = idx.to(device)
                 x0 = data.train_x[idx]
                 target = data.one_hot(data.train_y[idx], dtype)
@@ -405,18 +431,26 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
                             f"diverged (lower learning.lr or dynamics.dt); the last good "
                             f"checkpoint and metrics in {run_dir} are kept")
                     bar.set_postfix(epoch=epoch, E=f"{e1:.4g}")
-                if every and (k + 1) % every == 0 and k + 1 < n_batches:
+                if every and (k + 1) % every == 0 and k + 1 < n_batches and par.active:
+                    e0_all, e1_all = par.sum(e0_sum), par.sum(e1_sum)
+                    counter_all = _merge_counters(par, train_counter)
+                else:
+                    e0_all, e1_all, counter_all = e0_sum, e1_sum, train_counter
+                if every and (k + 1) % every == 0 and k + 1 < n_batches and par.is_main:
                     _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config,
                                      epoch - 1, metrics=result.metrics, progress={
                                          "epoch": epoch, "batch": k + 1,
-                                         "gen_state": epoch_gen_state, "e0": float(e0_sum),
-                                         "e1": float(e1_sum),
+                                         "gen_state": epoch_gen_state, "e0": float(e0_all),
+                                         "e1": float(e1_all),
                                          "train_time": time_before + time.perf_counter() - start,
-                                         "counter": train_counter.state()
-                                         if train_counter is not None else None})
+                                         "counter": counter_all.state()
+                                         if counter_all is not None else None})
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time = time_before + time.perf_counter() - start
+            e0_sum, e1_sum = par.sum(e0_sum), par.sum(e1_sum)
+            if par.active and train_counter is not None:
+                train_counter = _merge_counters(par, train_counter)
             lr = optimizer.param_groups[0]["lr"] if optimizer else 0.0
             if scheduler is not None:
                 scheduler.step()
@@ -446,15 +480,16 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
                 record["ops_per_train_sample"] = counts["train"].summary()
                 record["ops_per_test_sample"] = counts["test"].summary()
             result.metrics.append(record)
-            _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config, epoch,
-                             metrics=result.metrics,
-                             progress={"epoch": epoch + 1, "batch": 0,
-                                       "gen_state": generator.get_state()})
-            write_json(run_dir / METRICS, result.metrics)
-            from pcsim.plots import plot_metrics
-            plot_metrics(result.metrics, run_dir, title=Path(source).stem if source else "")
+            if par.is_main:
+                _save_checkpoint(run_dir / CHECKPOINT, trainer, optimizer, scheduler, config,
+                                 epoch, metrics=result.metrics,
+                                 progress={"epoch": epoch + 1, "batch": 0,
+                                           "gen_state": generator.get_state()})
+                write_json(run_dir / METRICS, result.metrics)
+                from pcsim.plots import plot_metrics
+                plot_metrics(result.metrics, run_dir, title=Path(source).stem if source else "")
             tc = config.traces
-            if tc.enabled and epoch in (tc.epochs or [config.learning.epochs]):
+            if par.is_main and tc.enabled and epoch in (tc.epochs or [config.learning.epochs]):
                 trace_path = run_dir / tc.file
                 record_traces(trainer, data, config, trace_path, epoch,
                               append=trace_path.exists())
@@ -462,11 +497,33 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
                       f"E {record['train_energy_final']:.4g}, {train_time:.1f} s")
     finally:
         bar.close()
-    if counts:
+        par.close()
+    if counts and par.is_main:
         write_energy_report(run_dir, counts, config)
     info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
-    write_json(run_dir / RUN_INFO, info)
+    if par.is_main:
+        write_json(run_dir / RUN_INFO, info)
     return result
+
+
+def _merge_counters(par, counter):
+    """Sum every rank's counts (SPEC 4 counts are extensive)."""
+    if counter is None:
+        return None
+    merged = _new_counter_like(counter)
+    for state in par.gather(counter.state()):
+        other = OpCounter()
+        other.load(state)
+        merged.n_samples += other.n_samples
+        for key, value in other._counts.items():
+            merged._counts[key] += value
+    return merged
+
+
+def _new_counter_like(counter):
+    out = OpCounter()
+    out.mode = counter.mode
+    return out
 
 
 def load_run(run_dir: str | Path, device: Optional[str] = None):

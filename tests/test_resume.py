@@ -19,6 +19,7 @@ ARGS = ["--set", "network.layers.1.size=32", "--set", "network.layers.2.size=32"
         "--set", "data.limit_train=1500", "--set", "data.limit_test=500",
         "--set", "dynamics.n_steps=4", "--set", "learning.batch_size=50",
         "--set", "run.device=cpu", "--set", "run.checkpoint_every=3", "--epochs", "3",
+        "--set", "run.threads=1",  # same reduction order in every process: bitwise equality
         "--no-progress"]
 TIME_KEYS = ("train_wall_time_s", "eval_wall_time_s", "train_samples_per_s")
 

@@ -129,6 +129,9 @@ class RunConfig(_Section):
     name: Optional[str] = Field(None, description="run folder name; default: config stem + time")
     progress: bool = True
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads")
+    dist_timeout: float = Field(
+        300.0, gt=0, description="seconds a process waits for the others (torchrun) before "
+        "it stops with an error")
     checkpoint_every: Optional[int] = Field(
         None, gt=0, description="also checkpoint every N training batches (resumable)")
     count_ops: bool = Field(

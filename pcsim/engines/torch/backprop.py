@@ -31,6 +31,7 @@ class BackpropTrainer:
             t.requires_grad_(True)
         self.maps = build_maps(network, self.params)
         self.recorder = None
+        self.grad_reducer = None
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -100,6 +101,10 @@ class BackpropTrainer:
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.grad_reducer is not None:  # data-parallel: average over all ranks
+                grads = self.grad_reducer([(w.grad, b.grad) for w, b in self.params])
+                for (w, b), (dw, db) in zip(self.params, grads):
+                    w.grad, b.grad = dw, db
             optimizer.step()
         loss = loss.detach()
         return {"energy_initial": loss, "energy_final": loss}

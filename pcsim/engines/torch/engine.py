@@ -126,6 +126,7 @@ class TorchEngine:
             raise ValueError("event mode with a finite tau_w is not supported yet")
         self.recorder = None
         self.event_sink = None  # callable(population, target, step, mask, payload) or None
+        self.grad_reducer = None  # callable(grads) -> grads, e.g. a data-parallel all-reduce
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -466,7 +467,10 @@ class TorchEngine:
 
     @torch.no_grad()
     def apply_gradients(self, grads, optimizer) -> None:
-        """Feed ``-grads`` (= dE/dW) to a torch optimizer and step it."""
+        """Feed ``-grads`` (= dE/dW) to a torch optimizer and step it (after the
+        ``grad_reducer``, when data-parallel)."""
+        if self.grad_reducer is not None:
+            grads = self.grad_reducer(grads)
         for (w, b), (dw, db) in zip(self.params, grads):
             w.grad = -dw
             b.grad = -db
