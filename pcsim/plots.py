@@ -9,6 +9,14 @@ from pcsim.runio import atomic_path
 __all__ = ["plot_metrics", "plot_energy_report", "plot_traces"]
 
 
+def _save(fig, path) -> None:
+    """Write ``fig`` as a PNG atomically, then free it."""
+    import matplotlib.pyplot as plt
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
 def plot_metrics(metrics: list[dict], folder: str | Path, title: str = "") -> list[Path]:
     """Write ``accuracy.png`` and ``energy.png`` (per epoch) into ``folder``; return the paths."""
     import matplotlib
@@ -28,9 +36,7 @@ def plot_metrics(metrics: list[dict], folder: str | Path, title: str = "") -> li
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(folder / "accuracy.png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    _save(fig, folder / "accuracy.png")
     written.append(folder / "accuracy.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -47,9 +53,7 @@ def plot_metrics(metrics: list[dict], folder: str | Path, title: str = "") -> li
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(folder / "energy.png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    _save(fig, folder / "energy.png")
     written.append(folder / "energy.png")
     return written
 
@@ -86,9 +90,7 @@ def plot_energy_report(report: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -134,9 +136,7 @@ def plot_traces(trace_path: str | Path, folder: str | Path, trial: int = 0,
         fig.suptitle(f"activity, {title}\n(the {max_neurons} neurons that move most)", fontsize=9)
         fig.tight_layout()
         path = folder / f"trial{trial}_activity.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-        plt.close(fig)
+        _save(fig, path)
         written.append(path)
 
         energy = f["pcsim/energy"][rows]
@@ -154,9 +154,7 @@ def plot_traces(trace_path: str | Path, folder: str | Path, trial: int = 0,
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = folder / f"trial{trial}_energy.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-        plt.close(fig)
+        _save(fig, path)
         written.append(path)
 
         if "spikes" in f and len(f["spikes"]):
@@ -176,8 +174,6 @@ def plot_traces(trace_path: str | Path, folder: str | Path, trial: int = 0,
             ax.set_title(f"events, {title}", fontsize=9)
             fig.tight_layout()
             path = folder / f"trial{trial}_raster.png"
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, dpi=100)
-            plt.close(fig)
+            _save(fig, path)
             written.append(path)
     return written
