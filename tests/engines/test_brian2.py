@@ -90,12 +90,16 @@ def test_continuous_plasticity_agrees():
 def test_discrete_learning_step_from_brian2_states_agrees():
     """The two-phase cycle: the learning step on brian2's final state (the projection's
     local weight-gradient map, batch mean) equals torch's learning step."""
+    from pcsim.engines.brian2.trainer import Brian2Trainer
+
     dyn = make_dynamics(dt=1e-3, tau_x=10e-3, n_steps=8)
     torch_engine, brian = _pair([4, 6, 3], ["identity", "tanh", "identity"], dyn)
+    trainer = Brian2Trainer(brian.network, dyn)
+    trainer.load_state_dict(torch_engine.state_dict())
     rng = np.random.default_rng(4)
     x0, target = rng.normal(size=(5, 4)), rng.normal(size=(5, 3))
     traj = brian.run(x0, target)
-    grads_brian = brian.local_gradients(traj)
+    grads_brian = trainer.local_gradients(traj)
     s = torch_engine.init_state(torch.tensor(x0), torch.tensor(target))
     torch_engine.infer(s)
     for (dw_b, db_b), (dw_t, db_t) in zip(grads_brian, torch_engine.local_gradients(s)):

@@ -223,13 +223,3 @@ class Brian2Engine:
                     G.eps = (self.network.layers[l].prec * (xs[l] - mu)).ravel()
         for l, (S, qp) in enumerate(zip(synapses, index), start=1):
             S.w = self.params[l - 1][0][qp]
-
-    def local_gradients(self, traj: Brian2Trajectory) -> list:
-        """``(-dE/dW_l, -dE/db_l)`` from the final recorded state: the batch mean of the
-        local outer product ``g_l x_{l-1}^T`` (the dense projection's weight-gradient
-        map, SPEC 2.3), and of ``g_l``."""
-        out = []
-        for l in range(1, self.L + 1):
-            g, x_pre = traj.g[l][-1], traj.x[l - 1][-1]  # (B, n_l), (B, n_{l-1})
-            out.append((g.T @ x_pre / g.shape[0], g.mean(0)))  # (n_l, B) @ (B, n_{l-1})
-        return out

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pcsim.engines.brian2.engine import Brian2Engine
-from pcsim.engines.torch.maps import init_parameters, load_params, params_state
+from pcsim.engines.torch.maps import build_maps, init_parameters, load_params, params_state
 from pcsim.model import equations as eq
 
 __all__ = ["Brian2Trainer"]
@@ -36,6 +36,7 @@ class Brian2Trainer:
         self.dt = float(dynamics.dt)
         self.n_steps = int(dynamics.steps)
         self.params = init_parameters(network, init, seed, self.device, self.dtype)
+        self.maps = build_maps(network, self.params)  # the projections' weight-gradient maps
         self.engine = Brian2Engine(network, dynamics, self._numpy_params(),
                                    weight_decay=weight_decay, target=target)
         self.recorder = None
@@ -93,11 +94,22 @@ class Brian2Trainer:
                 w.copy_(torch.from_numpy(w_new))
                 b.copy_(torch.from_numpy(b_new))
         if optimizer is not None:
-            for (w, b), (dw, db) in zip(self.params, self.engine.local_gradients(traj)):
-                w.grad = -torch.from_numpy(dw)
-                b.grad = -torch.from_numpy(db)
+            for (w, b), (dw, db) in zip(self.params, self.local_gradients(traj)):
+                w.grad = -dw
+                b.grad = -db
             optimizer.step()
         return {"energy_initial": torch.tensor(e0), "energy_final": torch.tensor(e1)}
+
+    @torch.no_grad()
+    def local_gradients(self, traj) -> list:
+        """``(-dE/dW_l, -dE/db_l)`` from brian2's final state, through each projection's
+        own weight-gradient map (the same one the torch engine uses, SPEC 2.3)."""
+        out = []
+        for l in range(1, self.L + 1):
+            g = torch.from_numpy(traj.g[l][-1])  # (B, n_l)
+            x_pre = torch.from_numpy(traj.x[l - 1][-1])  # (B, n_{l-1})
+            out.append((self.maps[l].weight_grad(g, x_pre), self.maps[l].bias_grad(g)))
+        return out
 
     @torch.no_grad()
     def predict(self, x0) -> torch.Tensor:
