@@ -70,7 +70,8 @@ def _resume(args) -> int:
     config = load_config(path)
     result = run_experiment(config, source=str(path), data_root=args.data_root,
                             progress=False if args.no_progress else None, resume=args.run_dir)
-    print(f"test accuracy {100 * result.final_accuracy:.2f}% after {len(result.metrics)} "
+    from pcsim.experiment import describe
+    print(f"{describe(result.metrics[-1])} after {len(result.metrics)} "
           f"epochs; run folder: {result.run_dir}")
     return 0
 
@@ -136,7 +137,8 @@ def _run(args) -> int:
     result = run_experiment(config, source=args.config, data_root=args.data_root, out=args.out,
                             progress=False if args.no_progress else None, resume=args.resume)
     if result.metrics:
-        print(f"test accuracy {100 * result.final_accuracy:.2f}% after "
+        from pcsim.experiment import describe
+        print(f"{describe(result.metrics[-1])} after "
               f"{len(result.metrics)} epochs; run folder: {result.run_dir}")
     else:
         print(f"no epochs run; run folder: {result.run_dir}")
@@ -145,16 +147,16 @@ def _run(args) -> int:
 
 def _eval(args) -> int:
     from pcsim.data import load_dataset, resolve_data_root
-    from pcsim.experiment import evaluate, load_run
+    from pcsim.experiment import describe, evaluate, load_run
 
     config, trainer, checkpoint = load_run(args.run_dir, args.device)
     root = resolve_data_root(config.data.root, args.data_root)
     data = load_dataset(config.data.dataset, root, download=config.data.download,
                         normalize=config.data.normalize,
                         limit_test=config.data.limit_test).to(trainer.device, trainer.dtype)
-    result = evaluate(trainer, data)
-    print(f"{args.run_dir}: epoch {checkpoint['epoch']}, test accuracy "
-          f"{100 * result['test_accuracy']:.2f}% on {data.test_x.shape[0]} images, "
+    result = evaluate(trainer, data, target=config.data.target)
+    print(f"{args.run_dir}: epoch {checkpoint['epoch']}, {describe(result)} "
+          f"on {data.test_x.shape[0]} images, "
           f"output energy {result['test_energy']:.4g}")
     if args.traces:
         from pathlib import Path

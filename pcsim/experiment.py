@@ -48,7 +48,7 @@ class RunResult:
 
     @property
     def final_accuracy(self) -> float:
-        return self.metrics[-1]["test_accuracy"] if self.metrics else float("nan")
+        return self.metrics[-1].get("test_accuracy", float("nan")) if self.metrics else float("nan")
 
 
 def machine_info(device: torch.device) -> dict:
@@ -76,24 +76,53 @@ def _train_cost(config: ExperimentConfig, network: Network):
     return pc_train_cost(network, config.dynamics.steps, config.dynamics.tau_w)
 
 
+def batch_pair(config: ExperimentConfig, data: Dataset, images, labels, dtype):
+    """Return ``(x0, target)`` for a batch: the image and the one-hot label
+    (classification), the image twice (a BP autoencoder), or no ``x_0`` and the image
+    (generative PC: the latent ``x_0`` is inferred)."""
+    if config.data.target == "label":
+        return images, data.one_hot(labels, dtype)
+    return (None if config.network.mode == "generative" else images), images
+
+
 @torch.no_grad()
-def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None) -> dict:
-    """Feedforward read-out on the test set: accuracy and mean output energy.
+def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None,
+             target: str = "label") -> dict:
+    """Test-set metrics of the trained network.
+
+    ``target="label"``: the feedforward read-out's accuracy and mean output energy.
+    ``target="image"``: the reconstruction's mean squared error per pixel (``test_mse``)
+    and its energy ``0.5 prec_L ||x - x_hat||^2`` per sample; a PC decoder encodes by
+    inference and decodes feedforward from the inferred latent.
 
     With a ``recorder``, the engine counts the ops of the read-out (in event mode: the
     events of the sigma-delta feedforward pass)."""
-    correct, energy, n = 0, 0.0, data.test_x.shape[0]
+    correct, energy, sq, n = 0, 0.0, 0.0, data.test_x.shape[0]
     top = trainer.network.layers[-1]
     trainer.recorder = recorder
     if recorder is not None:
         recorder.add_samples(n)
     for idx in iterate_batches(n, batch_size, shuffle=False):
-        y = trainer.predict(data.test_x[idx])
-        target = data.one_hot(data.test_y[idx], y.dtype)
-        correct += int((y.argmax(1) == data.test_y[idx]).sum())
-        energy += float((0.5 * top.prec * ((target - y) ** 2).sum(1)).sum())
+        x = data.test_x[idx]
+        if target == "image":
+            y, ref = trainer.reconstruct(x), x
+        else:
+            y, ref = trainer.predict(x), data.one_hot(data.test_y[idx], x.dtype)
+            correct += int((y.argmax(1) == data.test_y[idx]).sum())
+        err = ((ref - y) ** 2).sum(1)
+        energy += float((0.5 * top.prec * err).sum())
+        sq += float(err.sum())
     trainer.recorder = None
+    if target == "image":
+        return {"test_mse": sq / (n * top.size), "test_energy": energy / n}
     return {"test_accuracy": correct / n, "test_energy": energy / n}
+
+
+def describe(record: dict) -> str:
+    """One line for a metrics record: accuracy, or reconstruction MSE."""
+    if "test_accuracy" in record:
+        return f"test accuracy {100 * record['test_accuracy']:.2f}%"
+    return f"test reconstruction MSE {record['test_mse']:.5f}"
 
 
 def traced_populations(config: ExperimentConfig, network: Network) -> dict:
@@ -148,8 +177,8 @@ def record_traces(engine, data: Dataset, config: ExperimentConfig, path: Path, e
         for start in range(0, len(indices), tc.batch_size):
             chunk = indices[start:start + tc.batch_size]
             idx = torch.tensor(chunk, device=xs.device)
-            x0, labels = xs[idx], ys[idx]
-            target = data.one_hot(labels, engine.dtype)
+            labels = ys[idx]
+            x0, target = batch_pair(config, data, xs[idx], labels, engine.dtype)
             B = len(chunk)
             frames = {p: np.empty((B, writer.n_frames, n), np.float32) for p, n in pops.items()}
             energy = np.empty((B, writer.n_frames, engine.L + 1))
@@ -313,7 +342,12 @@ def _run_experiment(config, *, source, data_root, out, progress, resume) -> RunR
         raise ValueError("data-parallel runs use the torch backend (run.backend: torch)")
     dtype = getattr(torch, config.run.dtype)
     network = Network.from_config(config.network)
-    if network.sizes[0] != 784 or network.sizes[-1] != 10:
+    if config.data.target == "image":
+        if network.sizes[-1] != 784 or (network.mode != "generative" and network.sizes[0] != 784):
+            raise ValueError(f"{source or 'config'}: network.layers: reconstructing "
+                             f"{config.data.dataset} needs 784 top neurons (and 784 input "
+                             f"neurons unless generative), got {network.sizes}")
+    elif network.sizes[0] != 784 or network.sizes[-1] != 10:
         raise ValueError(f"{source or 'config'}: network.layers: {config.data.dataset} needs "
                          f"784 input and 10 output neurons, got {network.sizes}")
     root = resolve_data_root(config.data.root, data_root)
@@ -398,6 +432,7 @@ def _run_experiment(config, *, source, data_root, out, progress, resume) -> RunR
             skip = saved["batch"] if mid else 0
             e0_sum = torch.tensor(saved["e0"] if mid else 0.0, device=device, dtype=torch.float64)
             e1_sum = torch.tensor(saved["e1"] if mid else 0.0, device=device, dtype=torch.float64)
+            steps_sum = saved.get("steps", 0) if mid else 0  # inference steps x samples
             time_before = saved["train_time"] if mid else 0.0
             if mid and train_counter is not None and saved.get("counter"):
                 train_counter.load(saved["counter"])
@@ -410,8 +445,7 @@ def _run_experiment(config, *, source, data_root, out, progress, resume) -> RunR
                     trainer.grad_reducer = (lambda grads, n=len(idx), m=n_global:
                                             par.reduce_grads(grads, n, m))
                 idx = idx.to(device)
-                x0 = data.train_x[idx]
-                target = data.one_hot(data.train_y[idx], dtype)
+                x0, target = batch_pair(config, data, data.train_x[idx], data.train_y[idx], dtype)
                 try:
                     out_b = trainer.train_batch(x0, target, optimizer)
                 except FloatingPointError as exc:
@@ -422,6 +456,7 @@ def _run_experiment(config, *, source, data_root, out, progress, resume) -> RunR
                     train_counter.add_samples(len(idx))
                 e0_sum += out_b["energy_initial"] * len(idx)
                 e1_sum += out_b["energy_final"] * len(idx)
+                steps_sum += out_b.get("steps", 0) * len(idx)
                 bar.update(1)
                 if k % 100 == 0:
                     e1 = float(out_b["energy_final"])
@@ -441,7 +476,7 @@ def _run_experiment(config, *, source, data_root, out, progress, resume) -> RunR
                                      epoch - 1, metrics=result.metrics, progress={
                                          "epoch": epoch, "batch": k + 1,
                                          "gen_state": epoch_gen_state, "e0": float(e0_all),
-                                         "e1": float(e1_all),
+                                         "e1": float(e1_all), "steps": steps_sum,
                                          "train_time": time_before + time.perf_counter() - start,
                                          "counter": counter_all.state()
                                          if counter_all is not None else None})
@@ -457,12 +492,13 @@ def _run_experiment(config, *, source, data_root, out, progress, resume) -> RunR
             start = time.perf_counter()
             trainer.recorder = None
             test_counter = _new_counter(config) if counting else None
-            test = evaluate(trainer, data, recorder=test_counter)
+            test = evaluate(trainer, data, recorder=test_counter, target=config.data.target)
             eval_time = time.perf_counter() - start
             record = {
                 "epoch": epoch,
                 "train_energy_initial": float(e0_sum) / n_train,
                 "train_energy_final": float(e1_sum) / n_train,
+                "inference_steps_mean": sum(par.gather(steps_sum)) / n_train,
                 **test,
                 "train_wall_time_s": train_time,
                 "eval_wall_time_s": eval_time,
@@ -486,14 +522,18 @@ def _run_experiment(config, *, source, data_root, out, progress, resume) -> RunR
                                  progress={"epoch": epoch + 1, "batch": 0,
                                            "gen_state": generator.get_state()})
                 write_json(run_dir / METRICS, result.metrics)
-                from pcsim.plots import plot_metrics
+                from pcsim.plots import plot_metrics, plot_reconstructions
                 plot_metrics(result.metrics, run_dir, title=Path(source).stem if source else "")
+                if config.data.target == "image":
+                    shown = data.test_x[:10]
+                    plot_reconstructions(shown, trainer.reconstruct(shown),
+                                         run_dir / "reconstructions.png")
             tc = config.traces
             if par.is_main and tc.enabled and epoch in (tc.epochs or [config.learning.epochs]):
                 trace_path = run_dir / tc.file
                 record_traces(trainer, data, config, trace_path, epoch,
                               append=trace_path.exists())
-            bar.write(f"epoch {epoch}: test accuracy {100 * test['test_accuracy']:.2f}%, "
+            bar.write(f"epoch {epoch}: {describe(test)}, "
                       f"E {record['train_energy_final']:.4g}, {train_time:.1f} s")
     finally:
         bar.close()

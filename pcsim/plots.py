@@ -18,7 +18,8 @@ def _save(fig, path) -> None:
 
 
 def plot_metrics(metrics: list[dict], folder: str | Path, title: str = "") -> list[Path]:
-    """Write ``accuracy.png`` and ``energy.png`` (per epoch) into ``folder``; return the paths."""
+    """Write ``accuracy.png`` (or ``mse.png`` for reconstruction runs) and ``energy.png``
+    (per epoch) into ``folder``; return the paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -28,16 +29,19 @@ def plot_metrics(metrics: list[dict], folder: str | Path, title: str = "") -> li
     epochs = [m["epoch"] for m in metrics]
     written = []
 
+    classify = "test_accuracy" in metrics[0]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(epochs, [100 * m["test_accuracy"] for m in metrics], "o-")
+    ax.plot(epochs, [100 * m["test_accuracy"] if classify else m["test_mse"] for m in metrics],
+            "o-")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%)" if classify else "test reconstruction MSE per pixel")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, folder / "accuracy.png")
-    written.append(folder / "accuracy.png")
+    name = "accuracy.png" if classify else "mse.png"
+    _save(fig, folder / name)
+    written.append(folder / name)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(epochs, [m["train_energy_initial"] for m in metrics], "o-",
@@ -56,6 +60,29 @@ def plot_metrics(metrics: list[dict], folder: str | Path, title: str = "") -> li
     _save(fig, folder / "energy.png")
     written.append(folder / "energy.png")
     return written
+
+
+def plot_reconstructions(images, recons, path: str | Path, side: int = 28,
+                         labels: tuple = ("test image", "reconstruction")) -> Path:
+    """Write a PNG with test images (top row) above their reconstructions (bottom row)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [images.detach().float().cpu().numpy(), recons.detach().float().cpu().numpy()]
+    n = rows[0].shape[0]
+    lo, hi = float(rows[0].min()), float(rows[0].max())  # one grey scale for both rows
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6), squeeze=False)
+    for r, (row, label) in enumerate(zip(rows, labels)):
+        for i in range(n):
+            ax = axes[r][i]
+            ax.imshow(row[i].reshape(side, side), cmap="gray", vmin=lo, vmax=hi)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return Path(path)
 
 
 def plot_energy_report(report: dict, path: str | Path) -> Path:

@@ -23,7 +23,7 @@ __all__ = [
 
 #: Activation names accepted in ``network.layers[*].activation``; defined in
 #: :mod:`pcsim.model.activations` (checked against it by tests).
-ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "leaky_relu")
+ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "leaky_relu", "gelu")
 
 
 def _seconds(value):
@@ -66,6 +66,9 @@ class DynamicsConfig(_Section):
     dt: Seconds = Field(1e-3, gt=0, description="Euler step")
     n_steps: Optional[int] = Field(None, ge=0, description="inference steps T per batch")
     duration: Optional[Seconds] = Field(None, ge=0, description="simulated time per batch")
+    stop_tol: Optional[float] = Field(
+        None, gt=0, lt=1, description="convergence-based stopping: end a batch's inference "
+        "once one step lowers the batch-mean E by less than stop_tol * E (at most T steps)")
 
     @model_validator(mode="after")
     def _steps_or_duration(self):
@@ -115,6 +118,9 @@ class DataConfig(_Section):
     download: bool = Field(True, description="let torchvision fetch missing files")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training images")
     limit_test: Optional[int] = Field(None, gt=0, description="use only the first N test images")
+    target: Literal["label", "image"] = Field(
+        "label", description="what the top layer learns: the one-hot label (classification) "
+        "or the image itself (reconstruction: a generative PC decoder, or a BP autoencoder)")
 
 
 class RunConfig(_Section):
@@ -129,6 +135,8 @@ class RunConfig(_Section):
     name: Optional[str] = Field(None, description="run folder name; default: config stem + time")
     progress: bool = True
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads")
+    compile: bool = Field(False, description="torch.compile the engine's fast PC cycle "
+                          "(a one-off compile, then fused steps)")
     dist_timeout: float = Field(
         300.0, gt=0, description="seconds a process waits for the others (torchrun) before "
         "it stops with an error")
@@ -223,8 +231,18 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self):
         if self.network.mode == "generative":
-            raise ValueError("network.mode 'generative' is not trainable by `pcsim run` yet "
-                             "(the engine supports a free x_0 with its prior)")
+            if self.data.target != "image":
+                raise ValueError("network.mode 'generative' clamps the data to the top layer: "
+                                 "set data.target: image")
+            if self.learning.rule != "pc" or self.run.backend != "torch":
+                raise ValueError("network.mode 'generative' trains with learning.rule 'pc' on "
+                                 "run.backend 'torch'")
+            if self.events.enabled:
+                raise ValueError("network.mode 'generative' with events.enabled is not "
+                                 "supported yet")
+        elif self.data.target == "image" and self.learning.rule == "pc":
+            raise ValueError("data.target 'image' with learning.rule 'pc' needs network.mode "
+                             "'generative' (a PC autoencoder is only the decoder)")
         if self.learning.rule == "bp" and self.learning.optimizer == "none":
             raise ValueError("learning.optimizer 'none' needs rule 'pc' with a finite tau_w")
         if (self.learning.optimizer == "none" and math.isinf(self.dynamics.tau_w)):

@@ -35,6 +35,14 @@ class Activation:
     f_prime: Callable[[Any, Any], Any]
     brian2: str
     brian2_prime: str
+    both: Callable[[Any, Any], Any] | None = None
+
+    def value_and_prime(self, a, xp):
+        """Return ``(f(a), f_prime(a))``, sharing the work where the two have it in common
+        (``tanh``: one ``tanh`` instead of two)."""
+        if self.both is not None:
+            return self.both(a, xp)
+        return self.f(a, xp), self.f_prime(a, xp)
 
     @property
     def is_identity(self) -> bool:
@@ -42,23 +50,48 @@ class Activation:
         return self.name == "identity"
 
 
+def _with_prime(value, prime_of_value):
+    return value, prime_of_value(value)
+
+
 def _sigmoid(a, xp):
     return 1.0 / (1.0 + xp.exp(-a))
+
+
+_GELU_C = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_K = 0.044715
+
+
+def _gelu(a, xp):
+    """GELU, tanh form (jax.nn.gelu's default, torch's ``approximate="tanh"``)."""
+    return 0.5 * a * (1 + xp.tanh(_GELU_C * (a + _GELU_K * a * a * a)))
+
+
+def _gelu_prime(a, xp):
+    t = xp.tanh(_GELU_C * (a + _GELU_K * a * a * a))
+    return 0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_K * a * a)
 
 
 ACTIVATIONS: dict[str, Activation] = {
     "identity": Activation("identity", lambda a, xp: a, lambda a, xp: a * 0 + 1, "a", "1"),
     "tanh": Activation("tanh", lambda a, xp: xp.tanh(a),
-                       lambda a, xp: 1 - xp.tanh(a) ** 2, "tanh(a)", "1 - tanh(a)**2"),
+                       lambda a, xp: 1 - xp.tanh(a) ** 2, "tanh(a)", "1 - tanh(a)**2",
+                       both=lambda a, xp: _with_prime(xp.tanh(a), lambda t: 1 - t * t)),
     "relu": Activation("relu", lambda a, xp: a * (a > 0), lambda a, xp: (a > 0) * 1.0,
                        "a * int(a > 0)", "1.0 * int(a > 0)"),
     "sigmoid": Activation("sigmoid", _sigmoid,
                           lambda a, xp: _sigmoid(a, xp) * (1 - _sigmoid(a, xp)),
-                          "1 / (1 + exp(-a))", "(1 / (1 + exp(-a))) * (1 - 1 / (1 + exp(-a)))"),
+                          "1 / (1 + exp(-a))", "(1 / (1 + exp(-a))) * (1 - 1 / (1 + exp(-a)))",
+                          both=lambda a, xp: _with_prime(_sigmoid(a, xp), lambda s: s * (1 - s))),
     "leaky_relu": Activation("leaky_relu", lambda a, xp: xp.where(a > 0, a, _LEAK * a),
                              lambda a, xp: xp.where(a > 0, a * 0 + 1, a * 0 + _LEAK),
                              f"a * int(a > 0) + {_LEAK} * a * int(a <= 0)",
                              f"1.0 * int(a > 0) + {_LEAK} * int(a <= 0)"),
+    "gelu": Activation("gelu", _gelu, _gelu_prime,
+                       f"0.5 * a * (1 + tanh({_GELU_C!r} * (a + {_GELU_K!r} * a**3)))",
+                       f"0.5 * (1 + tanh({_GELU_C!r} * (a + {_GELU_K!r} * a**3))) + 0.5 * a * "
+                       f"(1 - tanh({_GELU_C!r} * (a + {_GELU_K!r} * a**3))**2) * {_GELU_C!r} * "
+                       f"(1 + {3 * _GELU_K!r} * a**2)"),
 }
 
 

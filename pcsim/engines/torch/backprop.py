@@ -63,6 +63,11 @@ class BackpropTrainer:
             self._count_forward(len(x0))
         return self.forward(x0)
 
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """An autoencoder's reconstruction: the forward pass of ``x`` itself."""
+        return self.predict(x)
+
     def _count_forward(self, rows):
         """Dense counts of a forward pass (SPEC 4), reported to the recorder."""
         rec, size = self.recorder, torch.empty((), dtype=self.dtype).element_size()

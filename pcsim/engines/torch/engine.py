@@ -16,6 +16,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from pcsim.engines.torch.events import SigmaDelta
+from pcsim.engines.torch.fast import pc_cycle
 from pcsim.engines.torch.maps import build_maps, init_parameters, load_params, params_state
 from pcsim.model import equations as eq
 
@@ -91,6 +92,9 @@ class TorchEngine:
         Start from these tensors instead of a fresh draw.
     events : pcsim.config.schema.EventsConfig, optional
         Event-driven (sigma-delta) transmission when ``events.enabled``; else dense.
+    compile : bool, default False
+        Hand the fast path (:func:`~pcsim.engines.torch.fast.pc_cycle`) to
+        ``torch.compile``: one fused graph per cycle (the first batch pays the compile).
 
     Attributes
     ----------
@@ -101,7 +105,8 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, network, dynamics, *, device="cpu", dtype=torch.float32, seed=0,
-                 init="xavier_uniform", weight_decay=0.0, params=None, events=None):
+                 init="xavier_uniform", weight_decay=0.0, params=None, events=None,
+                 compile=False):
         self.network = network
         self.dynamics = dynamics
         self.device = torch.device(device)
@@ -112,6 +117,7 @@ class TorchEngine:
         self.tau_eps = float(dynamics.tau_eps)
         self.tau_w = float(dynamics.tau_w)
         self.n_steps = int(dynamics.steps)
+        self.stop_tol = getattr(dynamics, "stop_tol", None)
         self.plastic = math.isfinite(self.tau_w)
         self.L = network.n_layers
         self.prec = [layer.prec for layer in network.layers]
@@ -127,6 +133,8 @@ class TorchEngine:
         self.recorder = None
         self.event_sink = None  # callable(population, target, step, mask, payload) or None
         self.grad_reducer = None  # callable(grads) -> grads, e.g. a data-parallel all-reduce
+        self.compile = bool(compile)
+        self._cycle = None  # the fast path, built on first use
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -137,7 +145,8 @@ class TorchEngine:
                    device=device or resolve_device(config.run.device),
                    dtype=getattr(torch, config.run.dtype), seed=config.learning.seed,
                    init=config.network.init,
-                   weight_decay=config.learning.weight_decay, events=config.events)
+                   weight_decay=config.learning.weight_decay, events=config.events,
+                   compile=config.run.compile)
 
     def _check_timescales(self):
         taus = [self.tau_x] + [t for t in (self.tau_eps, self.tau_w) if 0 < t < math.inf]
@@ -409,13 +418,27 @@ class TorchEngine:
         self._count_neurons(s)
 
     @torch.no_grad()
-    def infer(self, s: PCState, n_steps: Optional[int] = None, hooks: Sequence = ()) -> PCState:
-        """Run ``n_steps`` Euler steps (default: the configured number), calling hooks."""
+    def infer(self, s: PCState, n_steps: Optional[int] = None, hooks: Sequence = (),
+              stop_tol: Optional[float] = None) -> PCState:
+        """Run ``n_steps`` Euler steps (default: the configured number), calling hooks.
+
+        With ``stop_tol`` (default: the configured ``dynamics.stop_tol``), stop early once
+        a step lowers the batch-mean energy by less than ``stop_tol`` times its value
+        (convergence-based stopping; ``s.step`` tells how many steps ran). Each check
+        reads one number back from the device.
+        """
         n_steps = self.n_steps if n_steps is None else n_steps
+        stop_tol = self.stop_tol if stop_tol is None else stop_tol
+        e_prev = float(self.energy(s).mean()) if stop_tol else None
         for k in range(n_steps):
             self.step(s)
             for hook in hooks:
                 hook.on_step(self, s, k)
+            if stop_tol:
+                e = float(self.energy(s).mean())
+                if e_prev - e < stop_tol * abs(e_prev):
+                    break
+                e_prev = e
         return s
 
     @torch.no_grad()
@@ -469,11 +492,15 @@ class TorchEngine:
     def apply_gradients(self, grads, optimizer) -> None:
         """Feed ``-grads`` (= dE/dW) to a torch optimizer and step it (after the
         ``grad_reducer``, when data-parallel)."""
-        if self.grad_reducer is not None:
-            grads = self.grad_reducer(grads)
-        for (w, b), (dw, db) in zip(self.params, grads):
-            w.grad = -dw
-            b.grad = -db
+        self._descend([(-dw, -db) for dw, db in grads], optimizer)
+
+    def _descend(self, descent, optimizer) -> None:
+        """Step ``optimizer`` on ``descent`` = ``dE/dW, dE/db`` per projection."""
+        if self.grad_reducer is not None:  # a mean over ranks commutes with the sign
+            descent = self.grad_reducer(descent)
+        for (w, b), (dw, db) in zip(self.params, descent):
+            w.grad = dw
+            b.grad = db
         optimizer.step()
 
     @torch.no_grad()
@@ -499,31 +526,82 @@ class TorchEngine:
         return f"non-finite free energy after inference: {cause}"
 
     @torch.no_grad()
+    def encode(self, data) -> torch.Tensor:
+        """Generative mode: infer the latent ``x_0`` of ``data`` (clamped to the top layer)
+        by ``T`` inference steps from ``x_0 = 0`` under the prior."""
+        if self.network.mode != "generative":
+            raise ValueError("encode needs a generative network (network.mode: generative)")
+        s = self.init_state(None, data, phase="test")
+        self.infer(s)
+        return s.x[0]
+
+    @torch.no_grad()
+    def reconstruct(self, data) -> torch.Tensor:
+        """Generative mode: encode ``data`` by inference, then decode the latent alone by
+        the feedforward pass (what a receiver of ``x_0`` can rebuild)."""
+        return self.predict(self.encode(data))
+
+    @torch.no_grad()
     def predict(self, x0) -> torch.Tensor:
         """Feedforward read-out ``x_L`` (the energy minimum with only ``x_0`` clamped)."""
         if self.events is not None or self.recorder is not None:
-            return self.init_state(x0, phase="test").x[self.L]
+            only_input = (True,) + (False,) * self.L
+            return self.init_state(x0, clamped=only_input).x[self.L]
         x = self._as_tensor(x0)
         for l in range(1, self.L + 1):
             x = self.activations[l].f(self.maps[l].forward(x), torch)
         return x
 
+    def fast_path_applies(self, hooks: Sequence = ()) -> bool:
+        """True when a training cycle may run as :func:`pc_cycle`: dense transmission,
+        nothing counting or watching the steps, and the discrete update of SPEC 2.3."""
+        return (self.events is None and self.recorder is None and not hooks
+                and self.tau_eps == 0 and not self.plastic and not self.stop_tol)
+
+    def _fast_cycle(self, x0, target):
+        """Return ``dE/dW`` and ``dE/db`` (what an optimizer descends: the negated local
+        gradients, negated inside the compiled graph) and the two energies."""
+        if self._cycle is None:
+            def cycle(x0, target):
+                grads, e0, e1 = pc_cycle(self.maps, self.activations, self.prec,
+                                         self.network.clamped("train"), self.network.prec_0,
+                                         self.dt, self.tau_x, self.n_steps, x0, target)
+                return [(-dw, -db) for dw, db in grads], e0, e1
+            self._cycle = torch.compile(cycle, dynamic=False) if self.compile else cycle
+        return self._cycle(x0, target)
+
     @torch.no_grad()
     def train_batch(self, x0, target, optimizer=None, hooks: Sequence = ()) -> dict:
         """One PC cycle: clamp, feedforward init, ``T`` inference steps, one learning step.
+
+        Runs the fast path (:func:`pc_cycle`) when :meth:`fast_path_applies`, else steps a
+        :class:`PCState` (events, op counts, hooks, leaky errors, continuous plasticity).
 
         Returns
         -------
         dict
             ``energy_initial`` and ``energy_final`` (batch means, 0-d tensors; not
-            synchronised, so the caller decides when to read them).
+            synchronised, so the caller decides when to read them) and ``steps``, the
+            inference steps run (fewer than ``T`` after a convergence stop).
         """
-        s = self.init_state(x0, target, phase="train")
-        e0 = self.energy(s).mean()
-        self.infer(s, hooks=hooks)
-        e1 = self.energy(s).mean()
+        if self.fast_path_applies(hooks):
+            target = None if target is None else self._as_tensor(target)
+            x0 = (self._as_tensor(x0) if x0 is not None else
+                  torch.zeros(target.shape[0], self.network.layers[0].size,
+                              device=self.device, dtype=self.dtype))
+            descent, e0, e1 = self._fast_cycle(x0, target)
+            s, steps = None, self.n_steps
+        else:
+            s = self.init_state(x0, target, phase="train")
+            e0 = self.energy(s).mean()
+            self.infer(s, hooks=hooks)
+            e1 = self.energy(s).mean()
+            steps = s.step
         if not bool(torch.isfinite(e1)):  # guard before the learning step touches a weight
             raise FloatingPointError(self.diagnose(x0, target))
         if optimizer is not None:
-            self.apply_gradients(self.local_gradients(s), optimizer)
-        return {"energy_initial": e0, "energy_final": e1}
+            if s is None:
+                self._descend(descent, optimizer)
+            else:
+                self.apply_gradients(self.local_gradients(s), optimizer)
+        return {"energy_initial": e0, "energy_final": e1, "steps": steps}

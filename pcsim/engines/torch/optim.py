@@ -17,14 +17,26 @@ def make_optimizer(learning, params):
     name = learning.optimizer
     if name == "none":
         return None
+    params = list(params)
+    # One fused kernel per step instead of a loop of small ones (several times faster
+    # for the small tensors of an MLP); same update rule.
+    fused = {"fused": True} if _fusable(params) else {}
     if name == "sgd":
         return torch.optim.SGD(params, lr=learning.lr, momentum=learning.momentum,
-                               weight_decay=learning.weight_decay)
+                               weight_decay=learning.weight_decay, **fused)
     if name == "adam":
-        return torch.optim.Adam(params, lr=learning.lr, weight_decay=learning.weight_decay)
+        return torch.optim.Adam(params, lr=learning.lr, weight_decay=learning.weight_decay,
+                                **fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=learning.lr, weight_decay=learning.weight_decay)
+        return torch.optim.AdamW(params, lr=learning.lr, weight_decay=learning.weight_decay,
+                                 **fused)
     raise KeyError(f"unknown optimizer {name!r}; valid: sgd, adam, adamw, none")
+
+
+def _fusable(params) -> bool:
+    """True when torch's fused optimizers take these tensors (floating, CPU or CUDA)."""
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                for p in params)
 
 
 def make_scheduler(learning, optimizer):

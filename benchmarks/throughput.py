@@ -1,0 +1,379 @@
+"""Training throughput of pcsim PC, pcsim's BP baseline, PCX and FabricPC, side by side.
+
+    python benchmarks/throughput.py --out results/throughput \\
+        --pcx-python /path/to/pcx-venv/bin/python --fabricpc-python /path/to/fabricpc-venv/bin/python
+
+Cases (PCX's own Fashion-MNIST MLP benchmark and a wide network):
+
+* ``pcx_T5``:  784-128-128-128-10 GELU, batch 128, T = 5
+* ``pcx_T20``: the same at T = 20
+* ``wide``:    784-1024-1024-10 GELU, batch 512, T = 20
+
+Every measurement runs in its own subprocess pinned to the cores of its thread setting
+(``taskset -c 0`` for 1 thread, ``-c 0,1`` for 2), and the rounds are interleaved
+(for each round, for each thread setting, for each case, for each contender), so slow
+drift of a noisy machine falls on all contenders alike; the table reports medians. The
+first batch (``torch.compile`` or jit) is timed apart as ``compile_s``. The float32 GEMM
+peak is measured in the same run, per thread setting. Effective GFLOP/s counts the
+matrix FLOPs of the algorithm as pcsim schedules it (``pcsim.model.costs``: the clamped
+input's product once per batch) for every PC contender, so a library that recomputes it
+does more work than it is credited with.
+
+``--accuracy`` first trains pcsim and PCX for 25 epochs on the ``pcx_T5`` case and
+refuses to compare speed when their test accuracies differ by more than 0.3 points.
+
+``--device cuda`` runs the pcsim contenders on the GPU (CUDA graphs are not used; the
+compiled cycle is) and skips the JAX libraries unless their Python is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = {
+    "pcx_T5": {"widths": [784, 128, 128, 128, 10], "batch": 128, "T": 5},
+    "pcx_T20": {"widths": [784, 128, 128, 128, 10], "batch": 128, "T": 20},
+    "wide": {"widths": [784, 1024, 1024, 10], "batch": 512, "T": 20},
+}
+#: PCX's benchmark hyperparameters (examples/.../L_PC_SE_fmnist.yaml)
+LR_X, LR_W, WD_W = 0.026070879231635192, 0.0002972210629627541, 0.0018383293983087593
+
+
+# ---------------------------------------------------------------------------- workers
+def _network(widths, activation="gelu"):
+    from pcsim.config.schema import NetworkConfig
+    from pcsim.model import Network
+    layers = ([{"size": widths[0]}] + [{"size": w, "activation": activation} for w in widths[1:-1]]
+              + [{"size": widths[-1], "activation": "identity"}])
+    return Network.from_config(NetworkConfig(layers=layers))
+
+
+def _trainer(kind, network, T, eta_x, device, compile):
+    import torch
+
+    from pcsim.config.schema import DynamicsConfig, LearningConfig
+    from pcsim.engines.torch.backprop import BackpropTrainer
+    from pcsim.engines.torch.engine import TorchEngine
+    from pcsim.engines.torch.optim import make_optimizer
+    if kind == "bp":
+        trainer = BackpropTrainer(network, device=device)
+    else:
+        tau_x = 10e-3
+        dyn = DynamicsConfig(tau_x=tau_x, dt=eta_x * tau_x, n_steps=T)
+        trainer = TorchEngine(network, dyn, device=device, compile=compile)
+    opt = make_optimizer(LearningConfig(optimizer="adamw", lr=LR_W, weight_decay=WD_W),
+                         trainer.parameters())
+    torch.manual_seed(0)
+    return trainer, opt
+
+
+def worker(args) -> dict:
+    """Measure one contender in this process; return its JSON record."""
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.kind == "gemm":
+        n = 4096 if device.type == "cuda" else 2048
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        best = 0.0
+        for _ in range(8):
+            start = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+        return {"kind": "gemm", "gflops": best, "threads": torch.get_num_threads()}
+
+    from pcsim.data import load_dataset, resolve_data_root
+    from pcsim.model.costs import bp_train_cost, pc_train_cost
+    case = CASES[args.case]
+    network = _network(case["widths"])
+    data = load_dataset("fashion_mnist", resolve_data_root(None, args.data_root)).to(device, torch.float32)
+    B, n = case["batch"], data.train_x.shape[0]
+    trainer, opt = _trainer(args.kind, network, case["T"], LR_X, device, args.compile)
+    cost = bp_train_cost(network) if args.kind == "bp" else pc_train_cost(network, case["T"])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(device)
+    targets = data.one_hot(data.train_y, torch.float32)
+    k = 0
+
+    def batch():
+        nonlocal k
+        start = (k * B) % (n - B)
+        k += 1
+        idx = order[start:start + B]
+        return data.train_x[idx], targets[idx]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    trainer.train_batch(*batch(), opt)
+    sync()
+    compile_s = time.perf_counter() - start
+    for _ in range(args.warmup):
+        trainer.train_batch(*batch(), opt)
+    rates = []
+    for _ in range(args.repeats):
+        batches = [batch() for _ in range(args.measure)]
+        sync()
+        start = time.perf_counter()
+        for x, y in batches:
+            trainer.train_batch(x, y, opt)
+        sync()
+        rates.append(args.measure * B / (time.perf_counter() - start))
+    rate = statistics.median(rates)
+    return {"kind": args.kind, "case": args.case, "samples_per_s": rate, "compile_s": compile_s,
+            "flops_per_sample": cost.flops, "gflops": rate * cost.flops / 1e9,
+            "threads": torch.get_num_threads(), "compile": args.compile,
+            "device": str(device)}
+
+
+def accuracy_worker(args) -> dict:
+    """Train pcsim PC on the pcx_T5 case for ``--epochs`` and report test accuracy."""
+    import torch
+    from pcsim.config import config_from_dict
+    from pcsim.experiment import run_experiment
+    case = CASES["pcx_T5"]
+    layers = ([{"size": 784}] + [{"size": w, "activation": "gelu"} for w in case["widths"][1:-1]]
+              + [{"size": 10, "activation": "identity"}])
+    config = config_from_dict({
+        "network": {"layers": layers},
+        "dynamics": {"tau_x": 0.01, "dt": args.eta_x * 0.01, "n_steps": case["T"]},
+        "learning": {"rule": "pc", "optimizer": "adamw", "lr": LR_W, "weight_decay": WD_W,
+                     "lr_schedule": "cosine", "batch_size": case["batch"],
+                     "epochs": args.epochs, "seed": 0},
+        "data": {"dataset": "fashion_mnist"},
+        "run": {"device": args.device, "threads": args.threads, "compile": args.compile,
+                "progress": False, "count_ops": False, "out": args.runs, "name": "pcsim_acc"}})
+    start = time.perf_counter()
+    result = run_experiment(config, data_root=args.data_root)
+    return {"kind": "pcsim-accuracy", "test_accuracy": result.final_accuracy,
+            "test_accuracy_per_epoch": [m["test_accuracy"] for m in result.metrics],
+            "eta_x": args.eta_x, "train_wall_s": time.perf_counter() - start,
+            "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------- driver
+def _cores(threads):
+    return "0" if threads == 1 else ",".join(str(c) for c in range(threads))
+
+
+def _run(cmd, threads, env_extra=None, timeout=1800):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               **(env_extra or {}))
+    full = ["taskset", "-c", _cores(threads)] + cmd if sys.platform.startswith("linux") else cmd
+    proc = subprocess.run(full, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout)[-800:]}
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": proc.stdout[-800:]}
+
+
+def _pcsim_cmd(kind, case, threads, args, compile):
+    cmd = [sys.executable, __file__, "--worker", kind, "--threads", str(threads),
+           "--device", args.device, "--measure", str(args.measure), "--repeats", "1",
+           "--warmup", str(args.warmup)]
+    if case:
+        cmd += ["--case", case]
+    if args.data_root:
+        cmd += ["--data-root", args.data_root]
+    return cmd + (["--compile"] if compile else [])
+
+
+def _external_cmd(python, lib, case, threads, args):
+    c = CASES[case]
+    script = REPO / "benchmarks" / "external" / f"{lib}_mlp.py"
+    cmd = [python, str(script), "--widths", ",".join(map(str, c["widths"])), "--activation",
+           "gelu", "--T", str(c["T"]), "--batch", str(c["batch"]), "--epochs", "0",
+           "--measure-batches", str(args.measure), "--warmup-batches", str(args.warmup),
+           "--repeats", "1", "--threads", str(threads)]
+    if args.data_root:
+        cmd += ["--data-root", args.data_root]
+    return cmd
+
+
+def contenders(args):
+    out = [("pcsim PC compiled", "pc", True), ("pcsim PC eager", "pc", False),
+           ("pcsim BP", "bp", False)]
+    if args.pcx_python:
+        out.append(("PCX", "pcx", None))
+    if args.fabricpc_python:
+        out.append(("FabricPC", "fabricpc", None))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", choices=("pc", "bp", "gemm", "accuracy"), default=None,
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--kind", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--case", choices=sorted(CASES), default="pcx_T5")
+    ap.add_argument("--cases", nargs="+", default=list(CASES))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--thread-settings", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--measure", type=int, default=100, help="batches per timed window")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--pcx-python", default=os.environ.get("PCSIM_PCX_PYTHON"))
+    ap.add_argument("--fabricpc-python", default=os.environ.get("PCSIM_FABRICPC_PYTHON"))
+    ap.add_argument("--accuracy", action="store_true", help="25-epoch equal-work check first")
+    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--eta-x", type=float, default=LR_X)
+    ap.add_argument("--runs", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pcsim_bench_runs"))
+    ap.add_argument("--out", default="results/throughput")
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        args.kind = args.worker
+        rec = accuracy_worker(args) if args.worker == "accuracy" else worker(args)
+        print(json.dumps(rec))
+        return 0
+
+    began = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"command": "python benchmarks/throughput.py " + " ".join(argv or sys.argv[1:]),
+              "date": dt.datetime.now().isoformat(timespec="seconds"),
+              "machine": _machine(args.device), "accuracy": None, "rows": []}
+    if args.accuracy:
+        report["accuracy"] = equal_work(args)
+        print(json.dumps(report["accuracy"], indent=1), flush=True)
+
+    samples = {}  # (threads, case, contender) -> list of records
+    for rnd in range(args.rounds):
+        for threads in args.thread_settings:
+            rec = _run(_pcsim_cmd("gemm", None, threads, args, False), threads)
+            samples.setdefault((threads, "gemm", "GEMM peak"), []).append(rec)
+            for case in args.cases:
+                for name, kind, compile in contenders(args):
+                    if kind in ("pc", "bp"):
+                        rec = _run(_pcsim_cmd(kind, case, threads, args, compile), threads)
+                    else:
+                        python = args.pcx_python if kind == "pcx" else args.fabricpc_python
+                        rec = _run(_external_cmd(python, kind, case, threads, args), threads)
+                    samples.setdefault((threads, case, name), []).append(rec)
+                    rate = rec.get("samples_per_s")
+                    print(f"round {rnd + 1} threads {threads} {case:8s} {name:18s} "
+                          f"{'%.0f samples/s' % rate if rate else rec.get('error', '')[-300:]}",
+                          flush=True)
+    report["rows"] = summarise(samples)
+    report["wall_s"] = time.perf_counter() - began
+    (out / "throughput.json").write_text(json.dumps({**report, "samples": {
+        " | ".join(map(str, k)): v for k, v in samples.items()}}, indent=1))
+    text = table(report)
+    (out / "README.md").write_text(text)
+    print(text)
+    return 0
+
+
+def equal_work(args):
+    """25-epoch test accuracy of pcsim and PCX on pcx_T5 (2 threads each)."""
+    threads = max(args.thread_settings)
+    mine = _run([sys.executable, __file__, "--worker", "accuracy", "--threads", str(threads),
+                 "--device", args.device, "--epochs", str(args.epochs), "--eta-x", str(args.eta_x),
+                 "--runs", args.runs] + (["--compile"] if args.compile else [])
+                + (["--data-root", args.data_root] if args.data_root else []), threads, timeout=7200)
+    ref = None
+    if args.pcx_python:
+        c = CASES["pcx_T5"]
+        cmd = _external_cmd(args.pcx_python, "pcx", "pcx_T5", threads, args)
+        cmd[cmd.index("--epochs") + 1] = str(args.epochs)
+        ref = _run(cmd, threads, timeout=7200)
+    result = {"pcsim": mine, "pcx": ref}
+    if ref and "test_accuracy" in ref and "test_accuracy" in mine:
+        result["difference_points"] = 100 * (mine["test_accuracy"] - ref["test_accuracy"])
+        result["equal_work"] = abs(result["difference_points"]) <= 0.3
+    return result
+
+
+def summarise(samples):
+    rows = []
+    for (threads, case, name), recs in samples.items():
+        good = [r for r in recs if "error" not in r]
+        row = {"threads": threads, "case": case, "contender": name, "n": len(good),
+               "errors": [r["error"][-300:] for r in recs if "error" in r]}
+        if good and case == "gemm":
+            row["gflops"] = statistics.median(r["gflops"] for r in good)
+        elif good:
+            row["samples_per_s"] = statistics.median(r["samples_per_s"] for r in good)
+            row["compile_s"] = statistics.median(r.get("compile_s", 0.0) for r in good)
+        rows.append(row)
+    return rows
+
+
+def table(report):
+    rows = report["rows"]
+    peak = {r["threads"]: r.get("gflops") for r in rows if r["case"] == "gemm"}
+    from pcsim.model.costs import bp_train_cost, pc_train_cost
+    L = ["# Training throughput: pcsim vs PCX and FabricPC\n",
+         f"Made by `{report['command']}` on {report['date'][:10]}, {report['machine']}; "
+         f"wall time {report.get('wall_s', 0) / 60:.1f} min. Medians over interleaved rounds; "
+         "each measurement is its own pinned process.\n"]
+    acc = report.get("accuracy")
+    if acc:
+        p, x = acc.get("pcsim", {}), acc.get("pcx") or {}
+        L.append(f"Equal work (pcx_T5, 25 epochs): pcsim {100 * p.get('test_accuracy', float('nan')):.2f}%, "
+                 f"PCX {100 * x.get('test_accuracy', float('nan')):.2f}%, difference "
+                 f"{acc.get('difference_points', float('nan')):+.2f} points "
+                 f"({'within' if acc.get('equal_work') else 'NOT within'} 0.3).\n")
+    L.append("| threads | case | contender | samples/s | effective GFLOP/s | % of GEMM peak | x PCX | x FabricPC | first batch (s) |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    by = {(r["threads"], r["case"], r["contender"]): r for r in rows}
+    for r in rows:
+        if r["case"] == "gemm":
+            continue
+        c = CASES[r["case"]]
+        net = _network(c["widths"])
+        flops = (bp_train_cost(net) if r["contender"] == "pcsim BP" else pc_train_cost(net, c["T"])).flops
+        rate = r.get("samples_per_s")
+        if rate is None:
+            L.append(f"| {r['threads']} | {r['case']} | {r['contender']} | failed | | | | | |")
+            continue
+        g = rate * flops / 1e9
+        pk = peak.get(r["threads"])
+        rel = []
+        for other in ("PCX", "FabricPC"):
+            o = by.get((r["threads"], r["case"], other), {}).get("samples_per_s")
+            rel.append(f"{rate / o:.2f}" if o else "")
+        L.append(f"| {r['threads']} | {r['case']} | {r['contender']} | {rate:,.0f} | {g:.1f} | "
+                 f"{100 * g / pk:.0f}% | {rel[0]} | {rel[1]} | {r.get('compile_s', 0):.2f} |"
+                 if pk else f"| {r['threads']} | {r['case']} | {r['contender']} | {rate:,.0f} | {g:.1f} | | {rel[0]} | {rel[1]} | {r.get('compile_s', 0):.2f} |")
+    L.append("\nGEMM peak (float32, " + ", ".join(f"{t} thread{'s' if t > 1 else ''}: "
+                                                   f"{g:.0f} GFLOP/s" for t, g in sorted(peak.items()) if g) + ").\n")
+    return "\n".join(L) + "\n"
+
+
+def _machine(device):
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

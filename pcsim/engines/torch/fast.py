@@ -1,0 +1,100 @@
+"""The torch engine's fast path: one discrete PC training cycle as one function of tensors.
+
+:class:`~pcsim.engines.torch.engine.TorchEngine` steps a :class:`PCState` through
+methods that can count ops, send events and call hooks. When nothing of that is asked
+for (dense transmission, no op recorder, no hooks) and the cycle is the discrete update
+of SPEC 2.3 (``tau_eps = 0``, ``tau_w = inf``), the whole cycle -- feedforward start,
+``T`` synchronous Euler steps, energies and the local weight gradients -- is this one
+function. It holds no equations of its own: the right-hand sides come from
+:mod:`pcsim.model.equations` and the maps' forward, adjoint and weight-gradient methods,
+exactly as in :meth:`TorchEngine.step`, and a test checks that both paths agree to
+float64 round-off.
+
+Being a pure function of tensors, it can be handed to ``torch.compile`` (inductor fuses
+each layer's elementwise work into one loop and keeps the GEMMs in the BLAS), and on CUDA
+replayed as a graph. What stays outside: the optimizer step and the finiteness guard.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pcsim.model import equations as eq
+
+__all__ = ["pc_cycle"]
+
+
+def pc_cycle(maps, activations, prec, clamped, prec_0, dt, tau_x, n_steps, x0, target):
+    """Run one PC cycle on a batch and return the local gradients and the energies.
+
+    Parameters
+    ----------
+    maps : list
+        ``maps[l]`` is projection ``l`` (``maps[0]`` unused).
+    activations, prec : list
+        Per layer ``l = 0..L``.
+    clamped : tuple of bool
+        Clamping pattern, per layer.
+    prec_0 : float
+        Prior precision of a free ``x_0``.
+    dt, tau_x : float
+        Euler step and value-neuron time constant (``eta_x = dt / tau_x``).
+    n_steps : int
+        Inference steps ``T``.
+    x0, target : tensor
+        Bottom layer (input, or initial latent) and clamped top layer (or None).
+
+    Returns
+    -------
+    grads : list of (tensor, tensor)
+        ``(-dE/dW_l, -dE/db_l)`` batch means for ``l = 1..L``.
+    energy_initial, energy_final : tensor
+        Batch-mean free energy after the feedforward start and after inference.
+    """
+    L = len(activations) - 1
+    x = [x0] + [None] * L
+    mu, f_prime_a = [None] * (L + 1), [None] * (L + 1)
+
+    def predict(l):
+        a = maps[l].forward(x[l - 1])
+        act = activations[l]
+        if act.is_identity:
+            mu[l], f_prime_a[l] = a, None
+        else:
+            mu[l], f_prime_a[l] = act.value_and_prime(a, torch)
+
+    def errors():
+        eps = [None if clamped[0] else eq.error_fixed_point(x[0], 0.0, prec_0)]
+        g = [None]
+        for l in range(1, L + 1):
+            eps.append(eq.error_fixed_point(x[l], mu[l], prec[l]))
+            g.append(eps[l] if f_prime_a[l] is None else eq.gated_error(eps[l], f_prime_a[l]))
+        return eps, g
+
+    def energy():
+        total = 0.0 if clamped[0] else eq.prior_energy(x[0], prec_0)
+        for l in range(1, L + 1):
+            total = total + eq.layer_energy(x[l], mu[l], prec[l], x[l].shape[1])
+        return total.mean()
+
+    for l in range(1, L + 1):  # feedforward start x_l = mu_l
+        predict(l)
+        x[l] = mu[l]
+    if clamped[L]:
+        x[L] = target
+    eps, g = errors()
+    energy_initial = energy()
+    for _ in range(n_steps):  # synchronous Euler steps, all from the old state
+        new_x = list(x)
+        for l in range(L + 1):
+            if not clamped[l]:
+                feedback = maps[l + 1].adjoint(g[l + 1]) if l < L else 0.0
+                new_x[l] = x[l] + dt * eq.value_rhs(eps[l], feedback, tau_x)
+        x = new_x
+        for l in range(1, L + 1):
+            if not clamped[l - 1]:
+                predict(l)
+        eps, g = errors()
+    grads = [(maps[l].weight_grad(g[l], x[l - 1]), maps[l].bias_grad(g[l]))
+             for l in range(1, L + 1)]
+    return grads, energy_initial, energy()
