@@ -41,9 +41,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {
-    "pcx_T5": {"widths": [784, 128, 128, 128, 10], "batch": 128, "T": 5},
-    "pcx_T20": {"widths": [784, 128, 128, 128, 10], "batch": 128, "T": 20},
-    "wide": {"widths": [784, 1024, 1024, 10], "batch": 512, "T": 20},
+    "pcx_T5": {"widths": [784, 128, 128, 128, 10], "batch": 128, "T": 5, "measure": 150},
+    "pcx_T20": {"widths": [784, 128, 128, 128, 10], "batch": 128, "T": 20, "measure": 60},
+    "wide": {"widths": [784, 1024, 1024, 10], "batch": 512, "T": 20, "measure": 8},
 }
 #: PCX's benchmark hyperparameters (examples/.../L_PC_SE_fmnist.yaml)
 LR_X, LR_W, WD_W = 0.026070879231635192, 0.0002972210629627541, 0.0018383293983087593
@@ -126,14 +126,15 @@ def worker(args) -> dict:
     for _ in range(args.warmup):
         trainer.train_batch(*batch(), opt)
     rates = []
+    measure = args.measure or case["measure"]
     for _ in range(args.repeats):
-        batches = [batch() for _ in range(args.measure)]
+        batches = [batch() for _ in range(measure)]
         sync()
         start = time.perf_counter()
         for x, y in batches:
             trainer.train_batch(x, y, opt)
         sync()
-        rates.append(args.measure * B / (time.perf_counter() - start))
+        rates.append(measure * B / (time.perf_counter() - start))
     rate = statistics.median(rates)
     return {"kind": args.kind, "case": args.case, "samples_per_s": rate, "compile_s": compile_s,
             "flops_per_sample": cost.flops, "gflops": rate * cost.flops / 1e9,
@@ -150,19 +151,20 @@ def accuracy_worker(args) -> dict:
     layers = ([{"size": 784}] + [{"size": w, "activation": "gelu"} for w in case["widths"][1:-1]]
               + [{"size": 10, "activation": "identity"}])
     config = config_from_dict({
-        "network": {"layers": layers},
+        "network": {"layers": layers, "init": args.init},
         "dynamics": {"tau_x": 0.01, "dt": args.eta_x * 0.01, "n_steps": case["T"]},
         "learning": {"rule": "pc", "optimizer": "adamw", "lr": LR_W, "weight_decay": WD_W,
                      "lr_schedule": "cosine", "batch_size": case["batch"],
                      "epochs": args.epochs, "seed": 0},
         "data": {"dataset": "fashion_mnist"},
         "run": {"device": args.device, "threads": args.threads, "compile": args.compile,
-                "progress": False, "count_ops": False, "out": args.runs, "name": "pcsim_acc"}})
+                "progress": False, "count_ops": False, "out": args.runs,
+                "name": "pcsim_acc_" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")}})
     start = time.perf_counter()
     result = run_experiment(config, data_root=args.data_root)
     return {"kind": "pcsim-accuracy", "test_accuracy": result.final_accuracy,
             "test_accuracy_per_epoch": [m["test_accuracy"] for m in result.metrics],
-            "eta_x": args.eta_x, "train_wall_s": time.perf_counter() - start,
+            "eta_x": args.eta_x, "init": args.init, "train_wall_s": time.perf_counter() - start,
             "threads": torch.get_num_threads()}
 
 
@@ -172,19 +174,29 @@ def _cores(threads):
 
 
 def _run(cmd, threads, env_extra=None, timeout=1800):
+    """Run ``cmd`` pinned to ``threads`` cores; return the JSON record it writes to the
+    file named by its ``--json`` argument (the workers and the external runners alike)."""
+    import tempfile
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                **(env_extra or {}))
-    full = ["taskset", "-c", _cores(threads)] + cmd if sys.platform.startswith("linux") else cmd
-    proc = subprocess.run(full, capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr or proc.stdout)[-800:]}
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    return json.loads(lines[-1]) if lines else {"error": proc.stdout[-800:]}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "record.json"
+        cmd = cmd + ["--json", str(out)]
+        full = (["taskset", "-c", _cores(threads)] + cmd if sys.platform.startswith("linux")
+                else cmd)
+        try:
+            proc = subprocess.run(full, capture_output=True, text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout} s"}
+        if proc.returncode != 0 or not out.exists():
+            return {"error": (proc.stderr or proc.stdout)[-800:]}
+        return json.loads(out.read_text())
 
 
 def _pcsim_cmd(kind, case, threads, args, compile):
+    measure = args.measure or (CASES[case]["measure"] if case else 1)
     cmd = [sys.executable, __file__, "--worker", kind, "--threads", str(threads),
-           "--device", args.device, "--measure", str(args.measure), "--repeats", "1",
+           "--device", args.device, "--measure", str(measure), "--repeats", "1",
            "--warmup", str(args.warmup)]
     if case:
         cmd += ["--case", case]
@@ -198,7 +210,8 @@ def _external_cmd(python, lib, case, threads, args):
     script = REPO / "benchmarks" / "external" / f"{lib}_mlp.py"
     cmd = [python, str(script), "--widths", ",".join(map(str, c["widths"])), "--activation",
            "gelu", "--T", str(c["T"]), "--batch", str(c["batch"]), "--epochs", "0",
-           "--measure-batches", str(args.measure), "--warmup-batches", str(args.warmup),
+           "--measure-batches", str(args.measure or c["measure"]),
+           "--warmup-batches", str(args.warmup),
            "--repeats", "1", "--threads", str(threads)]
     if args.data_root:
         cmd += ["--data-root", args.data_root]
@@ -225,8 +238,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--thread-settings", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--measure", type=int, default=100, help="batches per timed window")
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--measure", type=int, default=None,
+                    help="batches per timed window (default: per case, a few seconds)")
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", default="cpu")
@@ -234,16 +248,24 @@ def main(argv=None) -> int:
     ap.add_argument("--pcx-python", default=os.environ.get("PCSIM_PCX_PYTHON"))
     ap.add_argument("--fabricpc-python", default=os.environ.get("PCSIM_FABRICPC_PYTHON"))
     ap.add_argument("--accuracy", action="store_true", help="25-epoch equal-work check first")
+    ap.add_argument("--accuracy-only", action="store_true",
+                    help="run only the equal-work check and add it to --out's last report")
     ap.add_argument("--epochs", type=int, default=25)
-    ap.add_argument("--eta-x", type=float, default=LR_X)
+    # PCX's value optimizer is SGD lr 0.026 with momentum 0.1; plain Euler with
+    # eta_x = 0.026 / (1 - 0.1) matches its steady step size
+    ap.add_argument("--eta-x", type=float, default=LR_X / (1 - 0.1))
+    ap.add_argument("--init", default="uniform_fan_in", help="weight init of the accuracy run")
     ap.add_argument("--runs", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pcsim_bench_runs"))
     ap.add_argument("--out", default="results/throughput")
+    ap.add_argument("--json", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
         args.kind = args.worker
         rec = accuracy_worker(args) if args.worker == "accuracy" else worker(args)
         print(json.dumps(rec))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rec))
         return 0
 
     began = time.perf_counter()
@@ -252,9 +274,19 @@ def main(argv=None) -> int:
     report = {"command": "python benchmarks/throughput.py " + " ".join(argv or sys.argv[1:]),
               "date": dt.datetime.now().isoformat(timespec="seconds"),
               "machine": _machine(args.device), "accuracy": None, "rows": []}
-    if args.accuracy:
+    if args.accuracy or args.accuracy_only:
         report["accuracy"] = equal_work(args)
         print(json.dumps(report["accuracy"], indent=1), flush=True)
+    if args.accuracy_only:  # keep the throughput rows of the last full run in --out
+        saved = json.loads((out / "throughput.json").read_text())
+        saved["accuracy"] = report["accuracy"]
+        saved["accuracy_command"] = report["command"]
+        saved["accuracy_date"] = report["date"]
+        (out / "throughput.json").write_text(json.dumps(saved, indent=1))
+        text = table(saved)
+        (out / "README.md").write_text(text)
+        print(text)
+        return 0
 
     samples = {}  # (threads, case, contender) -> list of records
     for rnd in range(args.rounds):
@@ -288,6 +320,7 @@ def equal_work(args):
     threads = max(args.thread_settings)
     mine = _run([sys.executable, __file__, "--worker", "accuracy", "--threads", str(threads),
                  "--device", args.device, "--epochs", str(args.epochs), "--eta-x", str(args.eta_x),
+                 "--init", args.init,
                  "--runs", args.runs] + (["--compile"] if args.compile else [])
                 + (["--data-root", args.data_root] if args.data_root else []), threads, timeout=7200)
     ref = None
@@ -327,6 +360,9 @@ def table(report):
          f"wall time {report.get('wall_s', 0) / 60:.1f} min. Medians over interleaved rounds; "
          "each measurement is its own pinned process.\n"]
     acc = report.get("accuracy")
+    if report.get("accuracy_command"):
+        L.append(f"Equal-work check made by `{report['accuracy_command']}` on "
+                 f"{report['accuracy_date'][:10]}.\n")
     if acc:
         p, x = acc.get("pcsim", {}), acc.get("pcx") or {}
         L.append(f"Equal work (pcx_T5, 25 epochs): pcsim {100 * p.get('test_accuracy', float('nan')):.2f}%, "

@@ -52,7 +52,8 @@ class NetworkConfig(_Section):
 
     mode: Literal["supervised", "generative"] = "supervised"
     layers: list[LayerConfig] = Field(min_length=2)
-    init: Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"] = (
+    init: Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
+                  "uniform_fan_in"] = (
         "xavier_uniform")
     prec_0: float = Field(1.0, gt=0, description="prior precision of a free x_0 (generative)")
 

@@ -63,13 +63,23 @@ _GELU_K = 0.044715
 
 
 def _gelu(a, xp):
-    """GELU, tanh form (jax.nn.gelu's default, torch's ``approximate="tanh"``)."""
-    return 0.5 * a * (1 + xp.tanh(_GELU_C * (a + _GELU_K * a * a * a)))
+    """GELU, tanh form (jax.nn.gelu's default, torch's ``approximate="tanh"``), written
+    with ``0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u))``: the same function, and one ``exp`` is
+    several times cheaper than one ``tanh`` in vectorised CPU code."""
+    return a * _gelu_gate(a, xp)
+
+
+def _gelu_gate(a, xp):
+    return 1.0 / (1.0 + xp.exp(-2 * _GELU_C * (a + _GELU_K * a * a * a)))
 
 
 def _gelu_prime(a, xp):
-    t = xp.tanh(_GELU_C * (a + _GELU_K * a * a * a))
-    return 0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_K * a * a)
+    return _gelu_both(a, xp)[1]
+
+
+def _gelu_both(a, xp):
+    s = _gelu_gate(a, xp)  # = 0.5 (1 + t), so 0.5 (1 - t^2) = 2 s (1 - s)
+    return a * s, s + 2 * a * s * (1 - s) * _GELU_C * (1 + 3 * _GELU_K * a * a)
 
 
 ACTIVATIONS: dict[str, Activation] = {
@@ -87,11 +97,13 @@ ACTIVATIONS: dict[str, Activation] = {
                              lambda a, xp: xp.where(a > 0, a * 0 + 1, a * 0 + _LEAK),
                              f"a * int(a > 0) + {_LEAK} * a * int(a <= 0)",
                              f"1.0 * int(a > 0) + {_LEAK} * int(a <= 0)"),
-    "gelu": Activation("gelu", _gelu, _gelu_prime,
-                       f"0.5 * a * (1 + tanh({_GELU_C!r} * (a + {_GELU_K!r} * a**3)))",
-                       f"0.5 * (1 + tanh({_GELU_C!r} * (a + {_GELU_K!r} * a**3))) + 0.5 * a * "
-                       f"(1 - tanh({_GELU_C!r} * (a + {_GELU_K!r} * a**3))**2) * {_GELU_C!r} * "
-                       f"(1 + {3 * _GELU_K!r} * a**2)"),
+    "gelu": Activation(
+        "gelu", _gelu, _gelu_prime,
+        brian2=f"0.5 * a * (1 + tanh({_GELU_C!r} * (a + {_GELU_K!r} * a**3)))",
+        brian2_prime=(f"0.5 * (1 + tanh({_GELU_C!r} * (a + {_GELU_K!r} * a**3))) + 0.5 * a * "
+                      f"(1 - tanh({_GELU_C!r} * (a + {_GELU_K!r} * a**3))**2) * {_GELU_C!r} * "
+                      f"(1 + {3 * _GELU_K!r} * a**2)"),
+        both=_gelu_both),
 }
 
 

@@ -65,3 +65,21 @@ def test_leaky_error_neuron_relaxes_to_fixed_point():
     eng.infer(s, k)
     assert_close(s.eps[1], fix * (1 - (1 - 1e-5 / 2e-3) ** k), atol=ROUNDOFF)
     assert_close(s.x[1], target, atol=0)  # clamped layers do not move
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_value_and_prime_equals_f_and_f_prime(name):
+    """The shared-work form the fast path uses returns exactly f and f_prime."""
+    act = ACTIVATIONS[name]
+    a = torch.linspace(-4, 4, 81, dtype=torch.float64) + 0.013
+    value, prime = act.value_and_prime(a, torch)
+    assert_close(value, act.f(a, torch), atol=ROUNDOFF)
+    assert_close(prime, act.f_prime(a, torch), atol=ROUNDOFF)
+
+
+def test_gelu_is_the_tanh_form_of_torch_and_jax():
+    """gelu is GELU's tanh approximation (jax.nn.gelu's default), checked against torch's
+    independent implementation."""
+    a = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    expected = torch.nn.functional.gelu(a, approximate="tanh")
+    assert_close(ACTIVATIONS["gelu"].f(a, torch), expected, atol=ROUNDOFF)

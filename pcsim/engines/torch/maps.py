@@ -84,10 +84,15 @@ def init_parameters(network, init: str, seed: int, device, dtype) -> list[list[t
         elif init == "kaiming_normal":
             std = math.sqrt(2.0 / fan_in)
             w = torch.randn(fan_out, fan_in, generator=generator, dtype=torch.float64) * std
+        elif init == "uniform_fan_in":  # torch.nn.Linear's and equinox.nn.Linear's default
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand(fan_out, fan_in, generator=generator, dtype=torch.float64) * 2 - 1) * bound
         else:
             raise KeyError(f"unknown init {init!r}; valid: xavier_uniform, xavier_normal, "
-                           "kaiming_uniform, kaiming_normal")
+                           "kaiming_uniform, kaiming_normal, uniform_fan_in")
         b = torch.zeros(fan_out, dtype=torch.float64)
+        if init == "uniform_fan_in":  # biases too, from the same bound
+            b = (torch.rand(fan_out, generator=generator, dtype=torch.float64) * 2 - 1) * bound
         params.append([w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)])
     return params
 
