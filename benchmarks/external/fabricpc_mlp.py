@@ -36,24 +36,20 @@ other values leave XLA_FLAGS alone. Pin cores from outside (``taskset -c 0`` / `
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (numpy only at import time; jax is imported after the XLA flags are set)
+from fmnist_numpy import load  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", default="784,128,128,128,10")
     p.add_argument("--activation", default="gelu", choices=("gelu", "relu", "tanh", "sigmoid", "identity"))
-    p.add_argument("--T", type=int, default=5, help="inference steps per batch")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=0, help="train this many epochs on the full set and report test accuracy")
-    p.add_argument("--measure-batches", type=int, default=200, help="batches per timed window")
-    p.add_argument("--warmup-batches", type=int, default=5, help="untimed batches after the first (compiling) call")
-    p.add_argument("--repeats", type=int, default=3, help="timed windows; samples_per_s is their median")
+    harness.add_measure_args(p)
     p.add_argument("--lr-x", type=float, default=0.026070879231635192)
     p.add_argument("--momentum-x", type=float, default=0.1)
     p.add_argument("--value-optimizer", choices=("sgd-momentum", "sgd"), default="sgd-momentum")
@@ -63,19 +59,13 @@ def parse_args(argv=None):
     p.add_argument("--wd-w", type=float, default=0.0018383293983087593)
     p.add_argument("--schedule-epochs", type=int, default=25,
                    help="epochs the warmup-cosine schedule spans when --epochs is 0 (only the throughput run)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default=None, help="folder holding FashionMNIST/raw (default: $PCSIM_DATA)")
-    p.add_argument("--threads", type=int, default=None, help="1: single-threaded XLA flags; pin cores with taskset")
-    p.add_argument("--json", default=None, help="write the result JSON here (it is printed as well)")
+    harness.add_run_args(p)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads == 1:
-        flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    harness.configure_threads(args.threads)  # before jax is imported
 
     import numpy as np
     import jax
@@ -93,9 +83,6 @@ def main(argv=None):
     from fabricpc.core.inference import run_inference
     from fabricpc.graph_initialization.state_initializer import initialize_graph_state
     from fabricpc.training import trainer as fpc_trainer
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fmnist_numpy import load
 
     class InferenceSGDMomentum(InferenceBase):
         """optax.sgd(eta, momentum) on the latents, velocity zeroed at the start of every batch."""
@@ -183,15 +170,14 @@ def main(argv=None):
     jax.block_until_ready(params)
     compile_s = time.perf_counter() - t0
 
+    def sync():
+        jax.block_until_ready(params)
+
     extra = {}
     if args.epochs > 0:
         # fabricpc.training.evaluate builds a new jax.jit on every call (a recompile per epoch, ~7 s
         # here), so the same eval step (inputs clamped, output free, FeedforwardStateInit, then
         # run_inference, argmax of the output z_mu) is jitted once; the last batch is padded to B.
-        n_te = x_te.shape[0]
-        n_pad = -n_te % B
-        x_ev = np.concatenate([x_te, np.zeros((n_pad, x_te.shape[1]), x_te.dtype)])
-        y_ev = np.concatenate([y_te, np.full((n_pad,), -1, y_te.dtype)])
         out_name = structure.task_map["y"]
 
         @jax.jit
@@ -201,92 +187,54 @@ def main(argv=None):
             state = run_inference(p, state, clamps, structure)
             return jnp.argmax(state.nodes[out_name].z_mu, axis=-1) == y
 
-        def accuracy(p):
-            hits = [np.asarray(eval_step(p, jnp.asarray(x_ev[s:s + B]), jnp.asarray(y_ev[s:s + B]),
-                                         jax.random.fold_in(base_key, s))) for s in range(0, x_ev.shape[0], B)]
-            return float(np.concatenate(hits)[:n_te].sum()) / n_te
+        evaluate = harness.make_evaluator(
+            lambda s, x, y: eval_step(params, jnp.asarray(x), jnp.asarray(y), jax.random.fold_in(base_key, s)),
+            x_te, y_te, B)
+        epoch_key = None
 
-        accs, train_wall, eval_wall, train_cpu = [], 0.0, 0.0, 0.0
-        for e in range(args.epochs):
-            if e > 0:
-                order = rng.permutation(x_tr.shape[0])
+        def on_epoch(e):
+            nonlocal epoch_key
             epoch_key = jax.random.fold_in(base_key, e)  # keys as train(): fold_in(epoch), fold_in(batch)
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            for b in range(1 if e == 0 else 0, n_batches):  # epoch 1, batch 0 was the compiling step
-                params, opt_state, metrics = step_fn(params, opt_state, batch_of(order[b * B:(b + 1) * B]),
-                                                     jax.random.fold_in(epoch_key, b))
-            jax.block_until_ready(params)
-            train_wall += time.perf_counter() - t0
-            train_cpu += time.process_time() - c0
-            t0 = time.perf_counter()
-            accs.append(accuracy(params))
-            eval_wall += time.perf_counter() - t0
-            print(f"epoch {e + 1}/{args.epochs}: test accuracy {accs[-1]:.4f}", file=sys.stderr, flush=True)
-        n_timed = (args.epochs * n_batches - 1) * B
-        extra = dict(train_wall_s=train_wall, train_cpu_s=train_cpu, train_samples_per_s=n_timed / train_wall,
-                     eval_wall_s=eval_wall, test_accuracy=accs[-1], test_accuracy_best=max(accs),
-                     test_accuracy_per_epoch=accs)
+
+        def train_batch(e, b, idx):
+            nonlocal params, opt_state
+            params, opt_state, _ = step_fn(params, opt_state, batch_of(idx), jax.random.fold_in(epoch_key, b))
+
+        extra = harness.train_epochs(
+            train_batch, sync, evaluate, rng=rng, order=order, n_train=x_tr.shape[0], n_batches=n_batches,
+            batch_size=B, epochs=args.epochs, on_epoch=on_epoch)
 
     # ---- throughput: pre-staged device batches, cycled ----
-    n_stage = min(n_batches, max(args.measure_batches, args.warmup_batches + 1))
-    perm = rng.permutation(x_tr.shape[0])[: n_stage * B].reshape(n_stage, B)
+    perm = harness.stage_indices(rng, x_tr.shape[0], n_batches, args.measure_batches, args.warmup_batches, B)
     staged = [{"x": jnp.asarray(x_tr[i]), "y": jnp.asarray(oh_tr[i])} for i in perm]
     jax.block_until_ready(staged)
-    keys = [jax.random.fold_in(base_key, 10_000 + i) for i in range(n_stage)]
-    for i in range(args.warmup_batches):
-        params, opt_state, metrics = step_fn(params, opt_state, staged[i % n_stage], keys[i % n_stage])
-    jax.block_until_ready(params)
-    rates, cpu_rates = [], []
-    for r in range(args.repeats):
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        for i in range(args.measure_batches):
-            params, opt_state, metrics = step_fn(params, opt_state, staged[i % n_stage], keys[i % n_stage])
-        jax.block_until_ready(params)
-        rates.append(args.measure_batches * B / (time.perf_counter() - t0))
-        cpu_rates.append(args.measure_batches * B / (time.process_time() - c0))
+    keys = [jax.random.fold_in(base_key, 10_000 + i) for i in range(len(staged))]
 
-    result = {
-        "library": "fabricpc",
-        "version": pkg_version("fabricpc"),
-        "config": {
-            "widths": widths, "activation": args.activation, "T": T, "batch": B, "epochs": args.epochs,
-            "energy": "GaussianEnergy (0.5*||z-mu||^2), output clamped to one-hot",
-            "init": "FeedforwardStateInit", "weight_init": "library default (Kaiming normal W, zero b)",
-            "value_optimizer": (f"InferenceSGDMomentum(eta={eta}, momentum={args.momentum_x}) (local subclass), "
-                                "velocity reset every batch") if args.value_optimizer == "sgd-momentum"
-                               else f"InferenceSGD(eta_infer={eta})",
-            "value_grad_scale": args.value_grad_scale,
-            "weight_optimizer": f"optax.adamw(warmup_cosine_decay(init={args.lr_w}, peak=1.1x, warmup=10%, end=0.1x), "
-                                f"weight_decay={args.wd_w}), schedule over {steps} steps; weight grads = batch mean",
-            "train_step": step_kind,
-            "measure_batches": args.measure_batches, "warmup_batches": args.warmup_batches,
-            "repeats": args.repeats, "seed": args.seed, "threads_flag": args.threads,
-            "data_normalisation": "(x/255 - 0.5)/0.5",
-        },
-        "compile_s": compile_s,
-        "samples_per_s": float(np.median(rates)),
-        "samples_per_s_windows": rates,
-        # samples per second of this process's CPU time (all its threads): with one thread and a
-        # core shared with other work this is close to the uncontended rate
-        "samples_per_cpu_s": float(np.median(cpu_rates)),
-        "train_wall_s": None,
-        "train_samples_per_s": None,
-        "test_accuracy": None,
-        "jax_version": jax.__version__,
-        "jaxlib_version": pkg_version("jaxlib"),
-        "device": str(jax.devices()[0]),
-        "cpu": platform.processor() or platform.machine(),
-        "affinity": sorted(os.sched_getaffinity(0)),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    def run_batch(i):
+        nonlocal params, opt_state
+        params, opt_state, _ = step_fn(params, opt_state, staged[i], keys[i])
+
+    rates, cpu_rates = harness.throughput(
+        run_batch, staged, warmup_batches=args.warmup_batches, measure_batches=args.measure_batches,
+        repeats=args.repeats, batch_size=B, sync=sync)
+
+    config = {
+        "widths": widths, "activation": args.activation, "T": T, "batch": B, "epochs": args.epochs,
+        "energy": "GaussianEnergy (0.5*||z-mu||^2), output clamped to one-hot",
+        "init": "FeedforwardStateInit", "weight_init": "library default (Kaiming normal W, zero b)",
+        "value_optimizer": (f"InferenceSGDMomentum(eta={eta}, momentum={args.momentum_x}) (local subclass), "
+                            "velocity reset every batch") if args.value_optimizer == "sgd-momentum"
+                           else f"InferenceSGD(eta_infer={eta})",
+        "value_grad_scale": args.value_grad_scale,
+        "weight_optimizer": f"optax.adamw(warmup_cosine_decay(init={args.lr_w}, peak=1.1x, warmup=10%, end=0.1x), "
+                            f"weight_decay={args.wd_w}), schedule over {steps} steps; weight grads = batch mean",
+        "train_step": step_kind,
+        "measure_batches": args.measure_batches, "warmup_batches": args.warmup_batches,
+        "repeats": args.repeats, "seed": args.seed, "threads_flag": args.threads,
+        "data_normalisation": "(x/255 - 0.5)/0.5",
     }
-    result.update(extra)
-
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    harness.emit(harness.build_result("fabricpc", pkg_version("fabricpc"), config, compile_s, rates, cpu_rates,
+                                      extra, jax), args.json)
 
 
 if __name__ == "__main__":

@@ -39,24 +39,20 @@ resolves to the placeholder pcx 0.0.1. Use a separate venv: ``pip install pcx==0
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (numpy only at import time; jax is imported after the XLA flags are set)
+from fmnist_numpy import load  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", default="784,128,128,128,10")
     p.add_argument("--activation", default="gelu", help="name of a jax.nn function (gelu, relu, tanh, ...)")
-    p.add_argument("--T", type=int, default=5, help="inference steps per batch")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=0, help="train this many epochs on the full set and report test accuracy")
-    p.add_argument("--measure-batches", type=int, default=200, help="batches per timed window")
-    p.add_argument("--warmup-batches", type=int, default=5, help="untimed batches after the first (compiling) call")
-    p.add_argument("--repeats", type=int, default=3, help="timed windows; samples_per_s is their median")
+    harness.add_measure_args(p)
     p.add_argument("--lr-x", type=float, default=0.026070879231635192)
     p.add_argument("--momentum-x", type=float, default=0.1)
     p.add_argument("--lr-w", type=float, default=0.0002972210629627541)
@@ -66,19 +62,13 @@ def parse_args(argv=None):
     p.add_argument("--energy-reduction", choices=("sum", "mean"), default="sum",
                    help="sum: psum over the batch + weight grads scaled by 1/B (PCX 0.6 examples); "
                         "mean: pmean over the batch (the older published pcax script)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default=None, help="folder holding FashionMNIST/raw (default: $PCSIM_DATA)")
-    p.add_argument("--threads", type=int, default=None, help="1: single-threaded XLA flags; pin cores with taskset")
-    p.add_argument("--json", default=None, help="write the result JSON here (it is printed as well)")
+    harness.add_run_args(p)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads == 1:
-        flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    harness.configure_threads(args.threads)  # before jax is imported
 
     import numpy as np
     import jax
@@ -95,9 +85,6 @@ def main(argv=None):
     except ImportError as e:  # the PyPI placeholder pcx 0.0.1 has none of these
         sys.exit(f"pcx_mlp: this environment has pcx {pkg_version('pcx')}, not the PCX library "
                  f"(need pcx>=0.6 with jax<0.5, e.g. /tmp/pcxenv): {e}")
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fmnist_numpy import load
 
     widths = [int(w) for w in args.widths.split(",")]
     act_fn = getattr(jax.nn, args.activation)
@@ -192,93 +179,35 @@ def main(argv=None):
     if args.epochs > 0:
         # All 10,000 test images in batches of B; the last batch is zero-padded to B because the
         # vodes keep their (B, ...) value arrays between calls (vmap needs one batch size).
-        n_te = x_te.shape[0]
-        n_pad = -n_te % B
-        x_ev = np.concatenate([x_te, np.zeros((n_pad, x_te.shape[1]), x_te.dtype)])
-        y_ev = np.concatenate([y_te, np.full((n_pad,), -1, y_te.dtype)])
-
-        def evaluate():
-            hits = [np.asarray(eval_on_batch(jnp.asarray(x_ev[s:s + B]), jnp.asarray(y_ev[s:s + B]), model=model))
-                    for s in range(0, x_ev.shape[0], B)]
-            return float(np.concatenate(hits)[:n_te].sum()) / n_te
-
-        accs, train_wall, eval_wall, train_cpu = [], 0.0, 0.0, 0.0
-        for e in range(args.epochs):
-            if e > 0:
-                order = rng.permutation(x_tr.shape[0])
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            for b in range(1 if e == 0 else 0, n_batches):  # epoch 1, batch 0 was the compiling step
-                idx = order[b * B:(b + 1) * B]
-                step(jnp.asarray(x_tr[idx]), jnp.asarray(oh_tr[idx]))
-            sync()
-            train_wall += time.perf_counter() - t0
-            train_cpu += time.process_time() - c0
-            t0 = time.perf_counter()
-            accs.append(evaluate())
-            eval_wall += time.perf_counter() - t0
-            print(f"epoch {e + 1}/{args.epochs}: test accuracy {accs[-1]:.4f}", file=sys.stderr, flush=True)
-        n_timed = (args.epochs * n_batches - 1) * B
-        extra = dict(train_wall_s=train_wall, train_cpu_s=train_cpu, train_samples_per_s=n_timed / train_wall,
-                     eval_wall_s=eval_wall, test_accuracy=accs[-1], test_accuracy_best=max(accs),
-                     test_accuracy_per_epoch=accs)
+        evaluate = harness.make_evaluator(
+            lambda s, x, y: eval_on_batch(jnp.asarray(x), jnp.asarray(y), model=model), x_te, y_te, B)
+        extra = harness.train_epochs(
+            lambda e, b, idx: step(jnp.asarray(x_tr[idx]), jnp.asarray(oh_tr[idx])), sync, evaluate,
+            rng=rng, order=order, n_train=x_tr.shape[0], n_batches=n_batches, batch_size=B, epochs=args.epochs)
 
     # ---- throughput: pre-staged device batches, cycled ----
-    n_stage = min(n_batches, max(args.measure_batches, args.warmup_batches + 1))
-    perm = rng.permutation(x_tr.shape[0])[: n_stage * B].reshape(n_stage, B)
+    perm = harness.stage_indices(rng, x_tr.shape[0], n_batches, args.measure_batches, args.warmup_batches, B)
     staged = [(jnp.asarray(x_tr[i]), jnp.asarray(oh_tr[i])) for i in perm]
     jax.block_until_ready(staged)
-    for i in range(args.warmup_batches):
-        step(*staged[i % n_stage])
-    sync()
-    rates, cpu_rates = [], []
-    for r in range(args.repeats):
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        for i in range(args.measure_batches):
-            step(*staged[i % n_stage])
-        sync()
-        rates.append(args.measure_batches * B / (time.perf_counter() - t0))
-        cpu_rates.append(args.measure_batches * B / (time.process_time() - c0))
+    rates, cpu_rates = harness.throughput(
+        lambda i: step(*staged[i]), staged, warmup_batches=args.warmup_batches,
+        measure_batches=args.measure_batches, repeats=args.repeats, batch_size=B, sync=sync)
 
-    result = {
-        "library": "pcx",
-        "version": pkg_version("pcx"),
-        "config": {
-            "widths": widths, "activation": args.activation, "T": T, "batch": B, "epochs": args.epochs,
-            "energy": "squared error (pxc.se_energy), output h clamped to one-hot", "init": "feedforward (STATUS.INIT)",
-            "value_optimizer": f"optax.sgd({args.lr_x}, momentum={args.momentum_x}), reset every batch",
-            "weight_optimizer": f"optax.adamw(warmup_cosine_decay(init={args.lr_w}, peak=1.1x, warmup=10%, end=0.1x), "
-                                f"weight_decay={args.wd_w}), schedule over {steps} steps",
-            "energy_reduction": args.energy_reduction,
-            "weight_grad_scale": "1/batch" if w_scale else "none (pmean already averages)",
-            "weight_init": "equinox Linear default (uniform +-1/sqrt(fan_in), W and b)",
-            "measure_batches": args.measure_batches, "warmup_batches": args.warmup_batches,
-            "repeats": args.repeats, "seed": args.seed, "threads_flag": args.threads,
-            "data_normalisation": "(x/255 - 0.5)/0.5",
-        },
-        "compile_s": compile_s,
-        "samples_per_s": float(np.median(rates)),
-        "samples_per_s_windows": rates,
-        # samples per second of this process's CPU time (all its threads): with one thread and a
-        # core shared with other work this is close to the uncontended rate
-        "samples_per_cpu_s": float(np.median(cpu_rates)),
-        "train_wall_s": None,
-        "train_samples_per_s": None,
-        "test_accuracy": None,
-        "jax_version": jax.__version__,
-        "jaxlib_version": pkg_version("jaxlib"),
-        "device": str(jax.devices()[0]),
-        "cpu": platform.processor() or platform.machine(),
-        "affinity": sorted(os.sched_getaffinity(0)),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    config = {
+        "widths": widths, "activation": args.activation, "T": T, "batch": B, "epochs": args.epochs,
+        "energy": "squared error (pxc.se_energy), output h clamped to one-hot", "init": "feedforward (STATUS.INIT)",
+        "value_optimizer": f"optax.sgd({args.lr_x}, momentum={args.momentum_x}), reset every batch",
+        "weight_optimizer": f"optax.adamw(warmup_cosine_decay(init={args.lr_w}, peak=1.1x, warmup=10%, end=0.1x), "
+                            f"weight_decay={args.wd_w}), schedule over {steps} steps",
+        "energy_reduction": args.energy_reduction,
+        "weight_grad_scale": "1/batch" if w_scale else "none (pmean already averages)",
+        "weight_init": "equinox Linear default (uniform +-1/sqrt(fan_in), W and b)",
+        "measure_batches": args.measure_batches, "warmup_batches": args.warmup_batches,
+        "repeats": args.repeats, "seed": args.seed, "threads_flag": args.threads,
+        "data_normalisation": "(x/255 - 0.5)/0.5",
     }
-    result.update(extra)
-
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    harness.emit(harness.build_result("pcx", pkg_version("pcx"), config, compile_s, rates, cpu_rates, extra, jax),
+                 args.json)
 
 
 if __name__ == "__main__":
