@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def costs(config, network):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/autoencoder")
-    ap.add_argument("--runs", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pcsim_ae_runs"))
+    ap.add_argument("--runs", default=os.path.join(tempfile.gettempdir(), "pcsim_ae_runs"))
     ap.add_argument("--pc-config", default=str(REPO / "networks" / "mnist_pc_autoencoder.yaml"))
     ap.add_argument("--bp-config", default=str(REPO / "networks" / "mnist_bp_autoencoder.yaml"))
     ap.add_argument("--epochs", type=int, default=None, help="override both configs")
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
                     help="override applied to both configs")
     args = ap.parse_args(argv)
     began = time.perf_counter()
+    args.runs = str(Path(args.runs) / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     rows = {}
     for name, path in (("PC decoder", args.pc_config), ("BP encoder-decoder", args.bp_config)):
         overrides = {"run.device": args.device, "run.progress": False, "run.count_ops": False,
@@ -102,8 +104,10 @@ def main(argv=None) -> int:
             "param_ratio": pc["params"] / bp["params"],
             "train_time_ratio": pc["train_s"] / bp["train_s"],
             "train_flop_ratio": pc["train_flops"] / bp["train_flops"]}
-    (out / "autoencoder.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     figure(rows, out / "reconstructions.png", args.data_root)
+    for r in rows.values():  # no machine paths in the results: run folders relative to --runs
+        r["run_dir"] = "<runs>/" + str(Path(r["run_dir"]).relative_to(Path(args.runs).parent))
+    (out / "autoencoder.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(write_readme(out, meta, rows))
     return 0
 

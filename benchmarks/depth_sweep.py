@@ -130,7 +130,8 @@ def run_row(cfg_map: dict, source: str, depth: int, rule: str, seed: int, remedy
         "test_accuracy_per_epoch": [r["test_accuracy"] for r in m],
         "train_energy_final": m[-1]["train_energy_final"] if m else None,
         "train_s": sum(r["train_wall_time_s"] for r in m),
-        "wall_s": wall, "run_dir": str(result.run_dir),
+        "wall_s": wall,
+        "run_dir": "<runs>/" + str(Path(result.run_dir).relative_to(Path(config.run.out).parent)),
     }
 
 

@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,14 +82,14 @@ def train(base, overrides, args, name):
     result = run_experiment(config, source=str(base), data_root=args.data_root, out=args.runs)
     record = dict(result.metrics[-1])
     record["wall_s"] = time.perf_counter() - start
-    record["run_dir"] = str(result.run_dir)
+    record["run_dir"] = "<runs>/" + str(Path(result.run_dir).relative_to(Path(args.runs).parent))
     return record
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/pc_vs_bp_cost")
-    ap.add_argument("--runs", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pcsim_cost_runs"))
+    ap.add_argument("--runs", default=os.path.join(tempfile.gettempdir(), "pcsim_cost_runs"))
     ap.add_argument("--config", default=str(REPO / "networks" / "mnist_pc.yaml"))
     ap.add_argument("--bp-config", default=str(REPO / "networks" / "mnist_bp.yaml"))
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 20, 50])

@@ -36,6 +36,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -255,7 +256,7 @@ def main(argv=None) -> int:
     # eta_x = 0.026 / (1 - 0.1) matches its steady step size
     ap.add_argument("--eta-x", type=float, default=LR_X / (1 - 0.1))
     ap.add_argument("--init", default="uniform_fan_in", help="weight init of the accuracy run")
-    ap.add_argument("--runs", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pcsim_bench_runs"))
+    ap.add_argument("--runs", default=os.path.join(tempfile.gettempdir(), "pcsim_bench_runs"))
     ap.add_argument("--out", default="results/throughput")
     ap.add_argument("--json", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -1,8 +1,8 @@
 """External reference: FabricPC (JAX) training throughput and accuracy on PCX's Fashion-MNIST MLP benchmark.
 
-    taskset -c 0 /tmp/jaxenv/bin/python benchmarks/external/fabricpc_mlp.py --threads 1 \\
+    taskset -c 0 $PCSIM_FABRICPC_PYTHON benchmarks/external/fabricpc_mlp.py --threads 1 \\
         --widths 784,128,128,128,10 --activation gelu --T 5 --batch 128 --epochs 0 \\
-        --measure-batches 200 --warmup-batches 5 --data-root /tmp/pcsim_data --json out.json
+        --measure-batches 200 --warmup-batches 5 --data-root $PCSIM_DATA --json out.json
 
 The network is built the FabricPC way: one ``fabricpc.nodes.Linear`` node per layer (the input
 node is the clamped source; hidden nodes ``GeluActivation()``, output node identity), chained by

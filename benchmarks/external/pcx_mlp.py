@@ -1,8 +1,8 @@
 """External reference: PCX (JAX) training throughput and accuracy on PCX's own Fashion-MNIST MLP benchmark.
 
-    taskset -c 0 /tmp/pcxenv/bin/python benchmarks/external/pcx_mlp.py --threads 1 \\
+    taskset -c 0 $PCSIM_PCX_PYTHON benchmarks/external/pcx_mlp.py --threads 1 \\
         --widths 784,128,128,128,10 --activation gelu --T 5 --batch 128 --epochs 0 \\
-        --measure-batches 200 --warmup-batches 5 --data-root /tmp/pcsim_data --json out.json
+        --measure-batches 200 --warmup-batches 5 --data-root $PCSIM_DATA --json out.json
 
 Mirrors PCX's benchmark script examples/discriminative_experiments/MLP/fmnist/PC_SE.py with
 L_PC_SE_fmnist.yaml (github.com/liukidar/pcx), written against the PCX 0.6.x API as in PCX's
@@ -84,7 +84,7 @@ def main(argv=None):
         import pcx.functional as pxf
     except ImportError as e:  # the PyPI placeholder pcx 0.0.1 has none of these
         sys.exit(f"pcx_mlp: this environment has pcx {pkg_version('pcx')}, not the PCX library "
-                 f"(need pcx>=0.6 with jax<0.5, e.g. /tmp/pcxenv): {e}")
+                 f"(need pcx>=0.6 with jax<0.5, e.g. <pcx-venv>): {e}")
 
     widths = [int(w) for w in args.widths.split(",")]
     act_fn = getattr(jax.nn, args.activation)
