@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from pcsim.engines.brian2.engine import Brian2Engine
-from pcsim.engines.torch.maps import build_maps, init_parameters, load_params, params_state
+from pcsim.engines.torch.maps import PlasticParams, build_maps, init_parameters
 from pcsim.model import equations as eq
 
 __all__ = ["Brian2Trainer"]
 
 
-class Brian2Trainer:
+class Brian2Trainer(PlasticParams):
     """Train and evaluate a network with brian2 (CPU, float64)."""
 
     name = "brian2"
@@ -52,15 +52,6 @@ class Brian2Trainer:
 
     def _numpy_params(self):
         return [(w.detach().numpy().copy(), b.detach().numpy().copy()) for w, b in self.params]
-
-    def parameters(self):
-        return [t for pair in self.params for t in pair]
-
-    def state_dict(self) -> dict:
-        return params_state(self.params, self.network)
-
-    def load_state_dict(self, state: dict) -> None:
-        load_params(self.params, state)
 
     def layer_energies(self, xs) -> list:
         """``E_l`` per sample of the value states ``xs`` (numpy) under the current weights;

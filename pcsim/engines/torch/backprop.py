@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from pcsim.engines.torch.maps import build_maps, init_parameters, load_params, params_state
+from pcsim.engines.torch.maps import PlasticParams, build_maps, init_parameters
 from pcsim.model import equations as eq
 
 __all__ = ["BackpropTrainer"]
 
 
-class BackpropTrainer:
+class BackpropTrainer(PlasticParams):
     """Train a :class:`~pcsim.model.Network` by backprop (autograd is fine here).
 
     The parameters are drawn by the same :func:`init_parameters` as the PC engine's,
@@ -41,15 +41,6 @@ class BackpropTrainer:
         return cls(network, device=device or resolve_device(config.run.device),
                    dtype=getattr(torch, config.run.dtype), seed=config.learning.seed,
                    init=config.network.init)
-
-    def parameters(self):
-        return [t for pair in self.params for t in pair]
-
-    def state_dict(self) -> dict:
-        return params_state(self.params, self.network)
-
-    def load_state_dict(self, state: dict) -> None:
-        load_params(self.params, state)
 
     def forward(self, x0):
         x = torch.as_tensor(x0, device=self.device, dtype=self.dtype)

@@ -16,8 +16,8 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from pcsim.engines.torch.events import SigmaDelta
-from pcsim.engines.torch.fast import pc_cycle
-from pcsim.engines.torch.maps import build_maps, init_parameters, load_params, params_state
+from pcsim.engines.torch.fast import free_energy, pc_cycle
+from pcsim.engines.torch.maps import PlasticParams, build_maps, init_parameters
 from pcsim.model import equations as eq
 
 __all__ = ["PCState", "TorchEngine", "resolve_device"]
@@ -73,7 +73,7 @@ class EventState:
     active: dict = field(default_factory=dict)  # population -> (batch, n) bool, this tick
 
 
-class TorchEngine:
+class TorchEngine(PlasticParams):
     """Integrate value and error populations of a :class:`~pcsim.model.Network` in torch.
 
     Parameters
@@ -160,16 +160,6 @@ class TorchEngine:
                           "into two timescales", stacklevel=3)
 
     # ------------------------------------------------------------------ parameters
-    def parameters(self) -> list[torch.Tensor]:
-        """All plastic tensors, ``[W_1, b_1, ..., W_L, b_L]``."""
-        return [t for pair in self.params for t in pair]
-
-    def state_dict(self) -> dict:
-        return params_state(self.params, self.network)
-
-    def load_state_dict(self, state: dict) -> None:
-        load_params(self.params, state)
-
     # ------------------------------------------------------------------ state
     def _as_tensor(self, value):
         return torch.as_tensor(value, device=self.device, dtype=self.dtype)
@@ -455,12 +445,7 @@ class TorchEngine:
     @torch.no_grad()
     def energy(self, s: PCState) -> torch.Tensor:
         """Return the free energy ``E`` per sample, shape ``(batch,)`` (SPEC 1)."""
-        total = 0.0
-        for l in range(1, self.L + 1):
-            total = total + eq.layer_energy(s.x[l], s.mu[l], self.prec[l], s.x[l].shape[1])
-        if not s.clamped[0]:
-            total = total + eq.prior_energy(s.x[0], self.network.prec_0)
-        return total
+        return free_energy(s.x, s.mu, self.prec, s.clamped, self.network.prec_0)
 
     @torch.no_grad()
     def local_gradients(self, s: PCState) -> list[tuple[torch.Tensor, torch.Tensor]]:

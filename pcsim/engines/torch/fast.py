@@ -21,7 +21,16 @@ import torch
 
 from pcsim.model import equations as eq
 
-__all__ = ["pc_cycle"]
+__all__ = ["free_energy", "pc_cycle"]
+
+
+def free_energy(x, mu, prec, clamped, prec_0):
+    """Return ``E`` per sample (SPEC 1): every layer's energy, plus the prior of a free
+    ``x_0``. Lists ``x``, ``mu``, ``prec`` indexed by layer ``l = 0..L``."""
+    total = 0.0 if clamped[0] else eq.prior_energy(x[0], prec_0)
+    for l in range(1, len(x)):
+        total = total + eq.layer_energy(x[l], mu[l], prec[l], x[l].shape[1])
+    return total
 
 
 def pc_cycle(maps, activations, prec, clamped, prec_0, dt, tau_x, n_steps, x0, target):
@@ -72,10 +81,7 @@ def pc_cycle(maps, activations, prec, clamped, prec_0, dt, tau_x, n_steps, x0, t
         return eps, g
 
     def energy():
-        total = 0.0 if clamped[0] else eq.prior_energy(x[0], prec_0)
-        for l in range(1, L + 1):
-            total = total + eq.layer_energy(x[l], mu[l], prec[l], x[l].shape[1])
-        return total.mean()
+        return free_energy(x, mu, prec, clamped, prec_0).mean()
 
     for l in range(1, L + 1):  # feedforward start x_l = mu_l
         predict(l)

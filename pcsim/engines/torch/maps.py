@@ -8,7 +8,8 @@ import math
 
 import torch
 
-__all__ = ["DenseMap", "init_parameters", "build_maps", "params_state", "load_params"]
+__all__ = ["DenseMap", "PlasticParams", "init_parameters", "build_maps", "params_state",
+           "load_params"]
 
 
 class DenseMap:
@@ -126,3 +127,18 @@ def load_params(params, state: dict) -> None:
                              f"network's {tuple(w.shape)}")
         w.copy_(w_new)
         b.copy_(b_new)
+
+
+class PlasticParams:
+    """The plastic tensors of a trainer (``self.params``: ``[W_l, b_l]`` per projection of
+    ``self.network``), flat for an optimizer and as a checkpoint dict."""
+
+    def parameters(self) -> list[torch.Tensor]:
+        """All plastic tensors, ``[W_1, b_1, ..., W_L, b_L]``."""
+        return [t for pair in self.params for t in pair]
+
+    def state_dict(self) -> dict:
+        return params_state(self.params, self.network)
+
+    def load_state_dict(self, state: dict) -> None:
+        load_params(self.params, state)
