@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["DenseCost", "pc_train_cost", "feedforward_cost", "bp_train_cost"]
+__all__ = ["DenseCost", "pc_train_cost", "feedforward_cost", "bp_train_cost",
+           "inference_wavefront"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,37 @@ def feedforward_cost(network) -> DenseCost:
     return DenseCost(sum(p.macs for p in network.projections), 0)
 
 
-def pc_train_cost(network, n_steps: int, tau_w: float = math.inf) -> DenseCost:
+def inference_wavefront(clamped, n_steps: int) -> list[tuple[list[bool], list[bool]]]:
+    """Which errors can be nonzero, and which value layers move, at each Euler step.
+
+    After the feedforward start every hidden error is exactly zero (``x_l`` *is*
+    ``mu_l``); only a clamped top layer, and a free ``x_0`` (its prior error, unless it
+    starts at 0), can be in error. A value neuron moves only when its own error or the
+    gated error above it is nonzero; a prediction, and so an error, changes only where a
+    value moved. The nonzero errors therefore spread one layer per step from where they
+    start -- a wavefront that depends only on the clamping pattern and the step index.
+
+    Returns, per step ``k = 1..n_steps``, ``(in_error, moved)``: ``in_error[l]`` is True
+    when ``eps_l`` may be nonzero at the start of the step (False: exactly zero), and
+    ``moved[l]`` when ``x_l`` changes in it. The torch engine's fast path skips the
+    products of exactly-zero errors and the predictions of unmoved values by this
+    schedule (``pcsim.engines.torch.fast.pc_cycle``).
+    """
+    L = len(clamped) - 1
+    in_error = [False] * (L + 1)
+    in_error[L] = bool(clamped[L])
+    in_error[0] = not clamped[0]
+    schedule = []
+    for _ in range(n_steps):
+        moved = [not clamped[l] and (in_error[l] or (l < L and in_error[l + 1]))
+                 for l in range(L + 1)]
+        schedule.append((in_error, moved))
+        in_error = [in_error[l] or moved[l] or (l > 0 and moved[l - 1]) for l in range(L + 1)]
+    return schedule
+
+
+def pc_train_cost(network, n_steps: int, tau_w: float = math.inf,
+                  wavefront: bool = False) -> DenseCost:
     """Cost per sample of one training cycle of the PC engine in dense mode.
 
     1. Feedforward initialisation: every forward map once.
@@ -43,15 +74,29 @@ def pc_train_cost(network, n_steps: int, tau_w: float = math.inf) -> DenseCost:
        its pre layer moved or its weights moved (finite ``tau_w``), plus the
        weight-gradient map of every projection when ``tau_w`` is finite.
     3. The learning step: the weight-gradient map of every projection once.
+
+    With ``wavefront=True``, what the fast path executes instead (``tau_w = inf`` only):
+    in step 2 the adjoint of projection ``l`` only while ``eps_l`` may be nonzero and its
+    pre layer moves, and the forward map only when its pre layer moved
+    (:func:`inference_wavefront`). From step ``L`` on both counts are equal.
     """
     free = [not c for c in network.clamped("train")]
     plastic = math.isfinite(tau_w)
+    ff = feedforward_cost(network).inference_macs
+    learn = sum(p.macs for p in network.projections)
+    if wavefront:
+        if plastic:
+            raise ValueError("the wavefront schedule is for the discrete update (tau_w = inf)")
+        steps = 0
+        for in_error, moved in inference_wavefront(network.clamped("train"), n_steps):
+            for p in network.projections:
+                pre_moved = moved[p.index - 1]
+                steps += p.macs * (int(pre_moved and in_error[p.index]) + int(pre_moved))
+        return DenseCost(ff + steps, learn)
     per_step = 0
     for p in network.projections:
         pre_free = free[p.index - 1]
         per_step += p.macs * (int(pre_free) + int(pre_free or plastic) + int(plastic))
-    ff = feedforward_cost(network).inference_macs
-    learn = sum(p.macs for p in network.projections)
     return DenseCost(ff + n_steps * per_step, learn)
 
 

@@ -77,3 +77,26 @@ def test_compiled_cycle_matches_eager():
         assert_close(b["energy_final"], a["energy_final"], atol=1e-5, rtol=1e-5)
     for p, q in zip(eager.parameters(), compiled.parameters()):
         assert_close(q, p, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 3])
+def test_fast_cycle_within_the_wavefront(steps):
+    """With T < L the fast path skips the products of exactly-zero errors, and still
+    returns what stepping every product gives: the energies and gradients agree, and a
+    projection the errors have not reached gets a gradient of exactly zero."""
+    stepped, fast = _pair([6, 9, 8, 7, 5], ["identity", "tanh", "gelu", "sigmoid", "identity"],
+                          steps=steps)
+    x0 = torch.randn(4, 6, dtype=torch.float64)
+    target = torch.rand(4, 5, dtype=torch.float64)
+    s = stepped.init_state(x0, target)
+    stepped.infer(s)
+    expected = stepped.local_gradients(s)
+    grads, e0, e1 = pc_cycle(fast.maps, fast.activations, fast.prec,
+                             fast.network.clamped("train"), 1.0, fast.dt, fast.tau_x,
+                             steps, x0, target)
+    assert_close(e1, stepped.energy(s).mean(), atol=ROUNDOFF)
+    for l, ((gw, gb), (ew, eb)) in enumerate(zip(grads, expected), start=1):
+        assert_close(gw, ew, atol=ROUNDOFF, what=f"W_{l}")
+        assert_close(gb, eb, atol=ROUNDOFF, what=f"b_{l}")
+        reached = l >= 4 - steps  # eps_4 at the start, one layer further down per step
+        assert bool(gw.abs().max() > 0) == reached, f"W_{l} after {steps} steps"

@@ -8,6 +8,7 @@ import torch
 
 from pcsim.engines.torch.engine import TorchEngine
 from pcsim.model import bp_train_cost, feedforward_cost, pc_train_cost
+from pcsim.model.costs import inference_wavefront
 from tests.conftest import make_dynamics, make_network
 
 
@@ -66,11 +67,24 @@ class _CountingMap:
     def bias_grad(self, g):
         return self.inner.bias_grad(g)
 
+    def frozen(self):
+        return _CountingMap(self.inner.frozen(), self.tally)
 
-@pytest.mark.parametrize("mode, tau_w", [("supervised", math.inf), ("supervised", 1.0),
-                                         ("generative", math.inf)])
-def test_engine_executes_exactly_the_analytic_count(mode, tau_w):
-    """Counting every map call of one train_batch gives batch * pc_train_cost exactly."""
+
+class _Watch:
+    """A hook: its presence makes the engine step a PCState (the dense schedule)."""
+
+    def on_step(self, engine, s, k):
+        pass
+
+
+@pytest.mark.parametrize("mode, tau_w, path", [
+    ("supervised", math.inf, "stepped"), ("supervised", 1.0, "stepped"),
+    ("generative", math.inf, "stepped"), ("supervised", math.inf, "fast"),
+    ("generative", math.inf, "fast")])
+def test_engine_executes_exactly_the_analytic_count(mode, tau_w, path):
+    """Counting every map call of one train_batch gives batch * pc_train_cost exactly:
+    the dense schedule when stepping a PCState, the wavefront schedule on the fast path."""
     net = make_network([6, 5, 4, 3], ["identity", "tanh", "tanh", "identity"], mode=mode)
     eng = TorchEngine(net, make_dynamics(dt=1e-3, tau_x=10e-3, tau_w=tau_w, n_steps=7),
                       dtype=torch.float64)
@@ -80,5 +94,40 @@ def test_engine_executes_exactly_the_analytic_count(mode, tau_w):
     x0 = torch.randn(batch, 6, dtype=torch.float64)
     target = torch.randn(batch, 3, dtype=torch.float64)
     x0 = None if mode == "generative" else x0
-    eng.train_batch(x0, target, torch.optim.SGD(eng.parameters(), lr=0.0))
-    assert tally[0] == batch * pc_train_cost(net, 7, tau_w).macs
+    hooks = [_Watch()] if path == "stepped" else []
+    assert eng.fast_path_applies(hooks) == (path == "fast")
+    eng.train_batch(x0, target, torch.optim.SGD(eng.parameters(), lr=0.0), hooks=hooks)
+    assert tally[0] == batch * pc_train_cost(net, 7, tau_w, wavefront=path == "fast").macs
+
+
+def test_wavefront_cost_by_hand():
+    """784-128-128-128-10 (P_1 = 100352, P_2 = P_3 = 16384, P_4 = 1280; feedforward 134400),
+    supervised, T = 5.
+    Dense: per step adjoints P_2 + P_3 + P_4 and forwards P_2 + P_3 + P_4 = 68096.
+    Wavefront: step 1 only eps_4 is nonzero and only x_3 moves: adjoint P_4, forward P_4;
+    step 2 x_2, x_3 move: adjoints P_3 + P_4, forwards P_3 + P_4; steps 3-5 as dense.
+    Saved: (P_2 + P_3) * 2 + P_2 * 2 = 98304 MACs per sample."""
+    net = make_network([784, 128, 128, 128, 10], ["identity", "gelu", "gelu", "gelu", "identity"])
+    dense, wave = pc_train_cost(net, 5), pc_train_cost(net, 5, wavefront=True)
+    assert dense.inference_macs == 134400 + 5 * 68096
+    assert dense.inference_macs - wave.inference_macs == 98304
+    assert wave.learning_macs == dense.learning_macs == 134400
+    for T in (3, 20):  # from step L - 1 = 3 on, every step is dense
+        assert (pc_train_cost(net, T).inference_macs
+                - pc_train_cost(net, T, wavefront=True).inference_macs) == 98304
+    with pytest.raises(ValueError, match="tau_w"):
+        pc_train_cost(net, 5, tau_w=1.0, wavefront=True)
+
+
+def test_wavefront_schedule():
+    """Supervised L = 4: the errors reach one layer further down each step; generative
+    (free x_0 as well) the bottom moves from the first step."""
+    sup = inference_wavefront((True, False, False, False, True), 4)
+    assert [moved for _, moved in sup] == [
+        [False, False, False, True, False], [False, False, True, True, False],
+        [False, True, True, True, False], [False, True, True, True, False]]
+    assert [err for err, _ in sup][:3] == [
+        [False, False, False, False, True], [False, False, False, True, True],
+        [False, False, True, True, True]]
+    gen = inference_wavefront((False, False, False, True), 2)
+    assert [moved for _, moved in gen] == [[True, False, True, False], [True, True, True, False]]

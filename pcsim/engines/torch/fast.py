@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from pcsim.model import equations as eq
+from pcsim.model.costs import inference_wavefront
 
 __all__ = ["free_energy", "pc_cycle"]
 
@@ -59,10 +60,23 @@ def pc_cycle(maps, activations, prec, clamped, prec_0, dt, tau_x, n_steps, x0, t
         ``(-dE/dW_l, -dE/db_l)`` batch means for ``l = 1..L``.
     energy_initial, energy_final : tensor
         Batch-mean free energy after the feedforward start and after inference.
+
+    Notes
+    -----
+    The steps follow the inference wavefront (:func:`pcsim.model.costs.inference_wavefront`):
+    after the feedforward start the hidden errors are exactly zero and become nonzero one
+    layer per step, so for the first ``L - 1`` steps the products of exactly-zero errors
+    and the predictions from unmoved values are not computed. The schedule depends only on
+    the clamping pattern and ``T``, so it is fixed while tracing, and every tensor the
+    cycle returns is what the full schedule (``TorchEngine.step``) computes.
     """
     L = len(activations) - 1
+    # W is fixed for the cycle: a map that runs every step (its input is free) gets W^T
+    # row-major once (DenseMap.frozen); the clamped input's product runs once anyway
+    maps = [None] + [m if clamped[l - 1] else m.frozen() for l, m in enumerate(maps) if l]
     x = [x0] + [None] * L
     mu, f_prime_a = [None] * (L + 1), [None] * (L + 1)
+    eps, g = [None] * (L + 1), [None] * (L + 1)  # None: exactly zero
 
     def predict(l):
         a = maps[l].forward(x[l - 1])
@@ -72,13 +86,11 @@ def pc_cycle(maps, activations, prec, clamped, prec_0, dt, tau_x, n_steps, x0, t
         else:
             mu[l], f_prime_a[l] = act.value_and_prime(a, torch)
 
-    def errors():
-        eps = [None if clamped[0] else eq.error_fixed_point(x[0], 0.0, prec_0)]
-        g = [None]
-        for l in range(1, L + 1):
-            eps.append(eq.error_fixed_point(x[l], mu[l], prec[l]))
-            g.append(eps[l] if f_prime_a[l] is None else eq.gated_error(eps[l], f_prime_a[l]))
-        return eps, g
+    def error(l):
+        eps[l] = (eq.error_fixed_point(x[0], 0.0, prec_0) if l == 0 else
+                  eq.error_fixed_point(x[l], mu[l], prec[l]))
+        if l > 0:
+            g[l] = eps[l] if f_prime_a[l] is None else eq.gated_error(eps[l], f_prime_a[l])
 
     def energy():
         return free_energy(x, mu, prec, clamped, prec_0).mean()
@@ -88,19 +100,27 @@ def pc_cycle(maps, activations, prec, clamped, prec_0, dt, tau_x, n_steps, x0, t
         x[l] = mu[l]
     if clamped[L]:
         x[L] = target
-    eps, g = errors()
+    in_error_at_start = inference_wavefront(clamped, 1)[0][0]
+    for l in range(L + 1):
+        if in_error_at_start[l]:
+            error(l)
     energy_initial = energy()
-    for _ in range(n_steps):  # synchronous Euler steps, all from the old state
+    for in_error, moved in inference_wavefront(clamped, n_steps):  # synchronous Euler steps
         new_x = list(x)
         for l in range(L + 1):
-            if not clamped[l]:
-                feedback = maps[l + 1].adjoint(g[l + 1]) if l < L else 0.0
-                new_x[l] = x[l] + dt * eq.value_rhs(eps[l], feedback, tau_x)
+            if moved[l]:
+                feedback = maps[l + 1].adjoint(g[l + 1]) if l < L and in_error[l + 1] else 0.0
+                new_x[l] = x[l] + dt * eq.value_rhs(eps[l] if in_error[l] else 0.0, feedback,
+                                                    tau_x)
         x = new_x
         for l in range(1, L + 1):
-            if not clamped[l - 1]:
+            if moved[l - 1]:
                 predict(l)
-        eps, g = errors()
-    grads = [(maps[l].weight_grad(g[l], x[l - 1]), maps[l].bias_grad(g[l]))
-             for l in range(1, L + 1)]
+        for l in range(L + 1):
+            if moved[l] or (l > 0 and moved[l - 1]):
+                error(l)
+    grads = []
+    for l in range(1, L + 1):
+        gl = torch.zeros_like(mu[l]) if g[l] is None else g[l]  # T shorter than the depth
+        grads.append((maps[l].weight_grad(gl, x[l - 1]), maps[l].bias_grad(gl)))
     return grads, energy_initial, energy()
