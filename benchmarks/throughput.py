@@ -172,6 +172,14 @@ def accuracy_worker(args) -> dict:
 
 
 # ---------------------------------------------------------------------------- driver
+def _portable(argv) -> str:
+    """The command line with this machine's paths written as the environment variables
+    that hold them (``$PCSIM_DATA``, ``$PCSIM_PCX_PYTHON``, ``$PCSIM_FABRICPC_PYTHON``)."""
+    names = {os.environ[k]: "$" + k for k in ("PCSIM_DATA", "PCSIM_PCX_PYTHON",
+                                              "PCSIM_FABRICPC_PYTHON") if os.environ.get(k)}
+    return " ".join(names.get(token, token) for token in argv)
+
+
 def _cores(threads):
     return "0" if threads == 1 else ",".join(str(c) for c in range(threads))
 
@@ -274,7 +282,7 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"command": "python benchmarks/throughput.py " + " ".join(argv or sys.argv[1:]),
+    report = {"command": "python benchmarks/throughput.py " + _portable(argv or sys.argv[1:]),
               "date": dt.datetime.now().isoformat(timespec="seconds"),
               "machine": _machine(args.device), "accuracy": None, "rows": []}
     if args.accuracy or args.accuracy_only:

@@ -66,9 +66,10 @@ class DenseMap:
         """This map for a stretch in which ``W`` does not change (one PC cycle).
 
         It also holds ``W^T`` row-major, so that the forward product, like the adjoint,
-        is a plain ``(B, n_pre) @ (n_pre, n_post)`` GEMM: the BLAS is 15-40% slower at
-        128-wide sizes when it reads ``W`` transposed (``benchmarks/kernel_times.py``).
-        One transposing copy per cycle buys that for every inference step.
+        is a plain ``(B, n_pre) @ (n_pre, n_post)`` GEMM: at 128-wide sizes the BLAS is
+        about 20% slower when it reads ``W`` through a transposed view
+        (``benchmarks/kernel_times.py``; at 1024 wide it makes no difference). One
+        transposing copy per cycle buys that for every inference step.
         """
         return _FrozenDenseMap(self.weight, self.bias)
 
@@ -79,7 +80,7 @@ class _FrozenDenseMap(DenseMap):
         self.weight_t = weight.t().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.mm(x, self.weight_t) + self.bias
+        return torch.addmm(self.bias, x, self.weight_t)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         return torch.mm(x, self.weight_t)
