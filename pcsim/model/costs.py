@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 __all__ = ["DenseCost", "pc_train_cost", "feedforward_cost", "bp_train_cost",
-           "inference_wavefront"]
+           "errors_after_feedforward", "inference_wavefront"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,13 @@ def feedforward_cost(network) -> DenseCost:
     return DenseCost(sum(p.macs for p in network.projections), 0)
 
 
+def errors_after_feedforward(clamped) -> list[bool]:
+    """Which errors can be nonzero right after the feedforward start ``x_l = mu_l``: a
+    clamped top layer's, and a free ``x_0``'s prior error. Every other is exactly 0."""
+    L = len(clamped) - 1
+    return [l == 0 and not clamped[0] or l == L and bool(clamped[L]) for l in range(L + 1)]
+
+
 def inference_wavefront(clamped, n_steps: int) -> list[tuple[list[bool], list[bool]]]:
     """Which errors can be nonzero, and which value layers move, at each Euler step.
 
@@ -52,9 +59,7 @@ def inference_wavefront(clamped, n_steps: int) -> list[tuple[list[bool], list[bo
     schedule (``pcsim.engines.torch.fast.pc_cycle``).
     """
     L = len(clamped) - 1
-    in_error = [False] * (L + 1)
-    in_error[L] = bool(clamped[L])
-    in_error[0] = not clamped[0]
+    in_error = errors_after_feedforward(clamped)
     schedule = []
     for _ in range(n_steps):
         moved = [not clamped[l] and (in_error[l] or (l < L and in_error[l + 1]))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from pcsim.model import equations as eq
-from pcsim.model.costs import inference_wavefront
+from pcsim.model.costs import errors_after_feedforward, inference_wavefront
 
 __all__ = ["free_energy", "pc_cycle"]
 
@@ -100,9 +100,8 @@ def pc_cycle(maps, activations, prec, clamped, prec_0, dt, tau_x, n_steps, x0, t
         x[l] = mu[l]
     if clamped[L]:
         x[L] = target
-    in_error_at_start = inference_wavefront(clamped, 1)[0][0]
-    for l in range(L + 1):
-        if in_error_at_start[l]:
+    for l, in_error in enumerate(errors_after_feedforward(clamped)):
+        if in_error:
             error(l)
     energy_initial = energy()
     for in_error, moved in inference_wavefront(clamped, n_steps):  # synchronous Euler steps
