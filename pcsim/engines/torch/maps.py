@@ -21,13 +21,20 @@ class DenseMap:
 
     kind = "dense"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor,
+                 weight_t: torch.Tensor | None = None):
         self.weight = weight
         self.bias = bias
+        self._weight_t = weight_t  # a row-major copy of W^T, only in a frozen map
+
+    @property
+    def weight_t(self) -> torch.Tensor:
+        """``W^T``: a transposed view, or the frozen map's row-major copy."""
+        return self.weight.t() if self._weight_t is None else self._weight_t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``a = W x + b`` for a batch ``x`` of shape ``(batch, n_pre)``."""
-        return torch.addmm(self.bias, x, self.weight.t())  # (B, n_pre) @ (n_pre, n_post)
+        return torch.addmm(self.bias, x, self.weight_t)  # (B, n_pre) @ (n_pre, n_post)
 
     def adjoint(self, g: torch.Tensor) -> torch.Tensor:
         """Return ``W^T g`` for a batch ``g`` of shape ``(batch, n_post)``."""
@@ -35,7 +42,7 @@ class DenseMap:
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``W x`` without the bias (what one batch of events adds to receivers)."""
-        return x @ self.weight.t()  # (B, n_pre) @ (n_pre, n_post)
+        return x @ self.weight_t  # (B, n_pre) @ (n_pre, n_post)
 
     def fan_out(self) -> torch.Tensor:
         """Nonzero weights leaving each pre neuron, shape ``(n_pre,)`` (float)."""
@@ -69,21 +76,10 @@ class DenseMap:
         is a plain ``(B, n_pre) @ (n_pre, n_post)`` GEMM: at 128-wide sizes the BLAS is
         about 20% slower when it reads ``W`` through a transposed view
         (``benchmarks/kernel_times.py``; at 1024 wide it makes no difference). One
-        transposing copy per cycle buys that for every inference step.
+        transposing copy per cycle buys that for every inference step. The copy does not
+        see later updates of ``W``: use a frozen map for one cycle only.
         """
-        return _FrozenDenseMap(self.weight, self.bias)
-
-
-class _FrozenDenseMap(DenseMap):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
-        super().__init__(weight, bias)
-        self.weight_t = weight.t().contiguous()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x, self.weight_t)
-
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.mm(x, self.weight_t)
+        return DenseMap(self.weight, self.bias, self.weight.t().contiguous())
 
 
 def init_parameters(network, init: str, seed: int, device, dtype) -> list[list[torch.Tensor]]:
