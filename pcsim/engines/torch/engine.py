@@ -18,6 +18,7 @@ import torch
 from pcsim.engines.torch.events import SigmaDelta
 from pcsim.engines.torch.fast import free_energy, pc_cycle
 from pcsim.engines.torch.maps import PlasticParams, build_maps, init_parameters
+from pcsim.engines.torch.optim import GraphUpdate
 from pcsim.model import equations as eq
 
 __all__ = ["PCState", "TorchEngine", "resolve_device"]
@@ -94,7 +95,10 @@ class TorchEngine(PlasticParams):
         Event-driven (sigma-delta) transmission when ``events.enabled``; else dense.
     compile : bool, default False
         Hand the fast path (:func:`~pcsim.engines.torch.fast.pc_cycle`) to
-        ``torch.compile``: one fused graph per cycle (the first batch pays the compile).
+        ``torch.compile``: one fused graph per cycle, holding the update of an SGD, Adam
+        or AdamW optimizer too (:class:`~pcsim.engines.torch.optim.GraphUpdate`). The
+        first batch runs eagerly and creates the optimizer's state; the second pays the
+        compile.
 
     Attributes
     ----------
@@ -135,6 +139,8 @@ class TorchEngine(PlasticParams):
         self.grad_reducer = None  # callable(grads) -> grads, e.g. a data-parallel all-reduce
         self.compile = bool(compile)
         self._cycle = None  # the fast path, built on first use
+        self._update = None  # the optimizer's rule compiled with the cycle (GraphUpdate)
+        self._train_step = None
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -543,17 +549,51 @@ class TorchEngine(PlasticParams):
         return (self.events is None and self.recorder is None and not hooks
                 and self.tau_eps == 0 and not self.plastic and not self.stop_tol)
 
-    def _fast_cycle(self, x0, target):
-        """Return ``dE/dW`` and ``dE/db`` (what an optimizer descends: the negated local
-        gradients, negated inside the compiled graph) and the two energies."""
+    def _cycle_descent(self, x0, target):
+        """The fast cycle returning ``dE/dW`` and ``dE/db`` (what an optimizer descends:
+        the negated local gradients) and the two energies."""
+        grads, e0, e1 = pc_cycle(self.maps, self.activations, self.prec,
+                                 self.network.clamped("train"), self.network.prec_0,
+                                 self.dt, self.tau_x, self.n_steps, x0, target)
+        return [(-dw, -db) for dw, db in grads], e0, e1
+
+    def _cycle_and_update(self, x0, target, kind, params, state, coef, hyper):
+        """The fast cycle and the optimizer's update (:class:`GraphUpdate`) as one
+        function, applied only when the final energy is finite."""
+        descent, e0, e1 = self._cycle_descent(x0, target)
+        ok = torch.isfinite(e1)
+        GraphUpdate.apply(kind, params, [t for pair in descent for t in pair], state, coef,
+                          hyper, ok)
+        return e0, e1, ok
+
+    def _fast_cycle(self, x0, target, optimizer=None):
+        """Return the descent directions and the two energies of one fast cycle."""
+        if self.compile and optimizer is not None and self._fusable(optimizer):
+            # the optimizer's first step, which creates its state: the compiled graph
+            # that follows holds the update too, so the cycle alone is not compiled
+            return self._cycle_descent(x0, target)
         if self._cycle is None:
-            def cycle(x0, target):
-                grads, e0, e1 = pc_cycle(self.maps, self.activations, self.prec,
-                                         self.network.clamped("train"), self.network.prec_0,
-                                         self.dt, self.tau_x, self.n_steps, x0, target)
-                return [(-dw, -db) for dw, db in grads], e0, e1
-            self._cycle = torch.compile(cycle, dynamic=False) if self.compile else cycle
+            self._cycle = (torch.compile(self._cycle_descent, dynamic=False) if self.compile
+                           else self._cycle_descent)
         return self._cycle(x0, target)
+
+    def _fusable(self, optimizer) -> bool:
+        """True when the optimizer's update can join the compiled cycle: a rule
+        :class:`GraphUpdate` supports, and no data-parallel reducer between the two."""
+        return self.grad_reducer is None and GraphUpdate.supports(optimizer)
+
+    def _fused_update(self, optimizer) -> Optional[GraphUpdate]:
+        """The optimizer's rule to compile into the cycle's graph, or None (eager
+        engine, no optimizer, a rule it cannot take, or no optimizer state yet)."""
+        if not self.compile or optimizer is None or not self._fusable(optimizer):
+            return None
+        if self._update is None or self._update.optimizer is not optimizer:
+            if not GraphUpdate.ready(optimizer):
+                return None
+            self._update = GraphUpdate(optimizer)
+            if self._train_step is None:
+                self._train_step = torch.compile(self._cycle_and_update, dynamic=False)
+        return self._update
 
     @torch.no_grad()
     def train_batch(self, x0, target, optimizer=None, hooks: Sequence = ()) -> dict:
@@ -574,7 +614,15 @@ class TorchEngine(PlasticParams):
             x0 = (self._as_tensor(x0) if x0 is not None else
                   torch.zeros(target.shape[0], self.network.layers[0].size,
                               device=self.device, dtype=self.dtype))
-            descent, e0, e1 = self._fast_cycle(x0, target)
+            update = self._fused_update(optimizer)
+            if update is not None:  # cycle, finiteness guard and update in one graph
+                coef, hyper, state = update.inputs()
+                e0, e1, ok = self._train_step(x0, target, update.kind, update.params, state,
+                                              coef, hyper)
+                if not bool(ok):  # the graph left the weights and the state as they were
+                    raise FloatingPointError(self.diagnose(x0, target))
+                return {"energy_initial": e0, "energy_final": e1, "steps": self.n_steps}
+            descent, e0, e1 = self._fast_cycle(x0, target, optimizer)
             s, steps = None, self.n_steps
         else:
             s = self.init_state(x0, target, phase="train")

@@ -10,9 +10,10 @@ function. It holds no equations of its own: the right-hand sides come from
 exactly as in :meth:`TorchEngine.step`, and a test checks that both paths agree to
 float64 round-off.
 
-Being a pure function of tensors, it can be handed to ``torch.compile`` (inductor fuses
-each layer's elementwise work into one loop and keeps the GEMMs in the BLAS), and on CUDA
-replayed as a graph. What stays outside: the optimizer step and the finiteness guard.
+Being a pure function of tensors, it can be handed to ``torch.compile``. Inductor fuses
+each layer's elementwise work into one loop and keeps the GEMMs in the BLAS. The compiled
+engine also puts the optimizer's update in the same graph, guarded by the finiteness of
+the energy (:class:`pcsim.engines.torch.optim.GraphUpdate`).
 """
 
 from __future__ import annotations
