@@ -68,7 +68,8 @@ class GraphUpdate:
     MLP. Here the per-step scalars (``lr``, ``lr / (1 - beta1^k)``,
     ``sqrt(1 - beta2^k)``) are computed on the host from the step count and passed in as
     one small tensor. The learning rate is data, not a constant of the graph, so a
-    schedule does not recompile it.
+    schedule does not recompile it. The other hyperparameters (betas, momentum, weight
+    decay) are constants of the graph, so a schedule that changes them recompiles it.
 
     The update is all or nothing: new values are written only where ``ok`` (a 0-d bool,
     the finiteness of the free energy) is true. A cycle that diverged leaves the weights
