@@ -26,8 +26,11 @@ first ``L - 1`` steps are skipped); the share of the GEMM peak is taken from it.
 ``--accuracy`` first trains pcsim and PCX for 25 epochs on the ``pcx_T5`` case and
 refuses to compare speed when their test accuracies differ by more than 0.3 points.
 
-``--device cuda`` runs the pcsim contenders on the GPU (CUDA graphs are not used; the
-compiled cycle is) and skips the JAX libraries unless their Python is given.
+``--device cuda`` runs the pcsim contenders on the GPU (the compiled cycle with the
+update in its graph; CUDA graphs are not used), one CPU thread each, with timed windows
+25x longer, and skips the JAX libraries unless their Python is given:
+
+    python benchmarks/throughput.py --device cuda --compile --rounds 2 --out results/throughput_gpu
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ CASES = {
     "pcx_T20": {"widths": [784, 128, 128, 128, 10], "batch": 128, "T": 20, "measure": 60},
     "wide": {"widths": [784, 1024, 1024, 10], "batch": 512, "T": 20, "measure": 8},
 }
+#: a GPU runs these cases some 20-100x faster: longer windows keep them timeable
+GPU_WINDOW = 25
 #: PCX's benchmark hyperparameters (examples/.../L_PC_SE_fmnist.yaml)
 LR_X, LR_W, WD_W = 0.026070879231635192, 0.0002972210629627541, 0.0018383293983087593
 
@@ -134,7 +139,7 @@ def worker(args) -> dict:
     for _ in range(args.warmup):
         trainer.train_batch(*batch(), opt)
     rates = []
-    measure = args.measure or case["measure"]
+    measure = args.measure or _measure(args.case, args.device)
     for _ in range(args.repeats):
         batches = [batch() for _ in range(measure)]
         sync()
@@ -185,6 +190,11 @@ def _portable(argv) -> str:
     return " ".join(names.get(token, token) for token in argv)
 
 
+def _measure(case, device):
+    """Batches per timed window: a few seconds on this CPU, about as long on a GPU."""
+    return CASES[case]["measure"] * (1 if str(device).startswith("cpu") else GPU_WINDOW)
+
+
 def _cores(threads):
     return "0" if threads == 1 else ",".join(str(c) for c in range(threads))
 
@@ -210,7 +220,7 @@ def _run(cmd, threads, env_extra=None, timeout=1800):
 
 
 def _pcsim_cmd(kind, case, threads, args, compile):
-    measure = args.measure or (CASES[case]["measure"] if case else 1)
+    measure = args.measure or (_measure(case, args.device) if case else 1)
     cmd = [sys.executable, __file__, "--worker", kind, "--threads", str(threads),
            "--device", args.device, "--measure", str(measure), "--repeats", "1",
            "--warmup", str(args.warmup)]
@@ -226,7 +236,7 @@ def _external_cmd(python, lib, case, threads, args):
     script = REPO / "benchmarks" / "external" / f"{lib}_mlp.py"
     cmd = [python, str(script), "--widths", ",".join(map(str, c["widths"])), "--activation",
            "gelu", "--T", str(c["T"]), "--batch", str(c["batch"]), "--epochs", "0",
-           "--measure-batches", str(args.measure or c["measure"]),
+           "--measure-batches", str(args.measure or _measure(case, args.device)),
            "--warmup-batches", str(args.warmup),
            "--repeats", "1", "--threads", str(threads)]
     if args.data_root:
@@ -252,7 +262,8 @@ def main(argv=None) -> int:
     ap.add_argument("--case", choices=sorted(CASES), default="pcx_T5")
     ap.add_argument("--cases", nargs="+", default=list(CASES))
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--thread-settings", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--thread-settings", type=int, nargs="+", default=None,
+                    help="CPU threads per measurement (default: 1 and 2 on the CPU, 1 on a GPU)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--measure", type=int, default=None,
                     help="batches per timed window (default: per case, a few seconds)")
@@ -278,6 +289,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    if args.thread_settings is None:
+        args.thread_settings = [1, 2] if args.device.startswith("cpu") else [1]
     if args.worker:
         args.kind = args.worker
         rec = accuracy_worker(args) if args.worker == "accuracy" else worker(args)
@@ -286,6 +299,13 @@ def main(argv=None) -> int:
             Path(args.json).write_text(json.dumps(rec))
         return 0
 
+    if args.device.startswith("cuda") and not args.table_only:
+        import torch
+        if not torch.cuda.is_available():
+            print(f"throughput.py: --device {args.device}: this machine has no CUDA device "
+                  f"(torch {torch.__version__}, torch.cuda.is_available() is False)",
+                  file=sys.stderr)
+            return 2
     began = time.perf_counter()
     out = Path(args.out)
     if args.table_only:
