@@ -417,9 +417,8 @@ def round_ratios(samples) -> list:
                 if "samples_per_s" not in a or ("gflops" if ref == "peak" else "samples_per_s") not in b:
                     continue
                 if ref == "peak":
-                    net = _network(CASES[case]["widths"])
-                    done = pc_flops(net, CASES[case]["T"], wavefront=True)
-                    ratios.append(a["samples_per_s"] * done / 1e9 / b["gflops"])
+                    executed = flops_per_sample(name, case)[1]
+                    ratios.append(a["samples_per_s"] * executed / 1e9 / b["gflops"])
                 else:
                     ratios.append(a["samples_per_s"] / b["samples_per_s"])
             if ratios:
@@ -428,15 +427,25 @@ def round_ratios(samples) -> list:
     return rows
 
 
-def pc_flops(network, T, wavefront=False):
-    from pcsim.model.costs import pc_train_cost
-    return pc_train_cost(network, T, wavefront=wavefront).flops
+def flops_per_sample(contender, case):
+    """``(algorithmic, executed)`` matrix FLOPs per sample of ``contender`` on ``case``:
+    executed counts what pcsim's fast path runs (the wavefront skips the products of
+    exactly-zero errors); other contenders are credited with the algorithm's count."""
+    from pcsim.model.costs import bp_train_cost, pc_train_cost
+    c = CASES[case]
+    net = _network(c["widths"])
+    if contender == "pcsim BP":
+        flops = bp_train_cost(net).flops
+        return flops, flops
+    flops = pc_train_cost(net, c["T"]).flops
+    if contender.startswith("pcsim PC"):
+        return flops, pc_train_cost(net, c["T"], wavefront=True).flops
+    return flops, flops
 
 
 def table(report):
     rows = report["rows"]
     peak = {r["threads"]: r.get("gflops") for r in rows if r["case"] == "gemm"}
-    from pcsim.model.costs import bp_train_cost, pc_train_cost
     L = ["# Training throughput: pcsim vs PCX and FabricPC\n",
          f"Made by `{report['command']}` on {report['date'][:10]}, {report['machine']}; "
          f"wall time {report.get('wall_s', 0) / 60:.1f} min. Medians over interleaved rounds; "
@@ -457,12 +466,7 @@ def table(report):
     for r in rows:
         if r["case"] == "gemm":
             continue
-        c = CASES[r["case"]]
-        net = _network(c["widths"])
-        flops = (bp_train_cost(net) if r["contender"] == "pcsim BP" else pc_train_cost(net, c["T"])).flops
-        # what pcsim's fast path runs: the wavefront skips products of exactly-zero errors
-        done = (pc_train_cost(net, c["T"], wavefront=True).flops
-                if r["contender"].startswith("pcsim PC") else flops)
+        flops, done = flops_per_sample(r["contender"], r["case"])
         rate = r.get("samples_per_s")
         if rate is None:
             L.append(f"| {r['threads']} | {r['case']} | {r['contender']} | failed | | | | | | |")

@@ -561,10 +561,9 @@ class TorchEngine(PlasticParams):
         """The fast cycle and the optimizer's update (:class:`GraphUpdate`) as one
         function, applied only when the final energy is finite."""
         descent, e0, e1 = self._cycle_descent(x0, target)
-        ok = torch.isfinite(e1)
         GraphUpdate.apply(kind, params, [t for pair in descent for t in pair], state, coef,
-                          hyper, ok)
-        return e0, e1, ok
+                          hyper, ok=torch.isfinite(e1))
+        return e0, e1
 
     def _fast_cycle(self, x0, target, optimizer=None):
         """Return the descent directions and the two energies of one fast cycle."""
@@ -615,14 +614,13 @@ class TorchEngine(PlasticParams):
                   torch.zeros(target.shape[0], self.network.layers[0].size,
                               device=self.device, dtype=self.dtype))
             update = self._fused_update(optimizer)
-            if update is not None:  # cycle, finiteness guard and update in one graph
-                coef, hyper, state = update.inputs()
-                e0, e1, ok = self._train_step(x0, target, update.kind, update.params, state,
-                                              coef, hyper)
-                if not bool(ok):  # the graph left the weights and the state as they were
-                    raise FloatingPointError(self.diagnose(x0, target))
-                return {"energy_initial": e0, "energy_final": e1, "steps": self.n_steps}
-            descent, e0, e1 = self._fast_cycle(x0, target, optimizer)
+            if update is not None:  # cycle and update in one graph, which applies the
+                coef, hyper, state = update.inputs()  # update only if e1 is finite
+                e0, e1 = self._train_step(x0, target, update.kind, update.params, state,
+                                          coef, hyper)
+                descent = None
+            else:
+                descent, e0, e1 = self._fast_cycle(x0, target, optimizer)
             s, steps = None, self.n_steps
         else:
             s = self.init_state(x0, target, phase="train")
@@ -633,8 +631,8 @@ class TorchEngine(PlasticParams):
         if not bool(torch.isfinite(e1)):  # guard before the learning step touches a weight
             raise FloatingPointError(self.diagnose(x0, target))
         if optimizer is not None:
-            if s is None:
-                self._descend(descent, optimizer)
-            else:
+            if s is not None:
                 self.apply_gradients(self.local_gradients(s), optimizer)
+            elif descent is not None:  # (the fused graph has applied its update)
+                self._descend(descent, optimizer)
         return {"energy_initial": e0, "energy_final": e1, "steps": steps}
