@@ -162,7 +162,8 @@ def _eval(args) -> int:
         from pathlib import Path
 
         from pcsim.experiment import record_traces
-        if config.learning.rule != "pc":
+        from pcsim.engines.base import capabilities
+        if not capabilities(config.run.backend, config.learning.rule).traces:
             raise ValueError("--traces needs a PC run (learning.rule: pc)")
         config = config.model_copy(update={"traces": config.traces.model_copy(
             update={"enabled": True, "split": "test"})})

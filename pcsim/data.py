@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,19 +10,42 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["DataError", "Dataset", "resolve_data_root", "load_dataset", "iterate_batches",
-           "DEFAULT_DATA_ROOT", "DATA_ENV"]
+__all__ = ["DataError", "Dataset", "DatasetInfo", "dataset_info", "resolve_data_root",
+           "load_dataset", "iterate_batches", "batch_pair", "DEFAULT_DATA_ROOT", "DATA_ENV"]
 
 #: Environment variable naming the data root.
 DATA_ENV = "PCSIM_DATA"
 #: Data root used when neither config, flag nor environment names one.
 DEFAULT_DATA_ROOT = "~/.cache/pcsim/data"
 
-# name -> (torchvision class name, folder under the root, classes, train size, test size)
+# name -> (torchvision class name, folder under the root, classes, train size, test size,
+#          image shape (channels, height, width))
 _DATASETS = {
-    "mnist": ("MNIST", "MNIST", 10, 60000, 10000),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST", 10, 60000, 10000),
+    "mnist": ("MNIST", "MNIST", 10, 60000, 10000, (1, 28, 28)),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST", 10, 60000, 10000, (1, 28, 28)),
 }
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The shape of a data set, known without loading it."""
+
+    name: str
+    image_shape: tuple  # (channels, height, width)
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        """Pixels per flat sample (the input layer's size)."""
+        return math.prod(self.image_shape)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Image shape and class count of the data set ``name``."""
+    if name not in _DATASETS:
+        raise DataError(f"unknown data set {name!r}; valid: {sorted(_DATASETS)}")
+    entry = _DATASETS[name]
+    return DatasetInfo(name, entry[5], entry[2])
 
 
 class DataError(RuntimeError):
@@ -39,11 +63,12 @@ class Dataset:
     test_y: torch.Tensor
     n_classes: int
     root: Path
+    image_shape: Optional[tuple] = None  # (channels, height, width) of a flat sample
 
     def to(self, device, dtype) -> "Dataset":
         return Dataset(self.name, self.train_x.to(device, dtype), self.train_y.to(device),
                        self.test_x.to(device, dtype), self.test_y.to(device),
-                       self.n_classes, self.root)
+                       self.n_classes, self.root, self.image_shape)
 
     def one_hot(self, labels: torch.Tensor, dtype) -> torch.Tensor:
         return torch.nn.functional.one_hot(labels, self.n_classes).to(dtype)
@@ -85,7 +110,7 @@ def load_dataset(name: str, root: Path, *, download: bool = True, normalize: boo
 
     if name not in _DATASETS:
         raise DataError(f"unknown data set {name!r}; valid: {sorted(_DATASETS)}")
-    cls_name, folder, n_classes, n_train, n_test = _DATASETS[name]
+    cls_name, folder, n_classes, n_train, n_test, image_shape = _DATASETS[name]
     cls = getattr(torchvision.datasets, cls_name)
     root = Path(root).expanduser()
     try:
@@ -110,7 +135,7 @@ def load_dataset(name: str, root: Path, *, download: bool = True, normalize: boo
         train_x, train_y = train_x[:limit_train], train_y[:limit_train]
     if limit_test:
         test_x, test_y = test_x[:limit_test], test_y[:limit_test]
-    return Dataset(name, train_x, train_y, test_x, test_y, n_classes, root)
+    return Dataset(name, train_x, train_y, test_x, test_y, n_classes, root, image_shape)
 
 
 def iterate_batches(n: int, batch_size: int, generator: Optional[torch.Generator] = None,
@@ -119,3 +144,12 @@ def iterate_batches(n: int, batch_size: int, generator: Optional[torch.Generator
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
+
+
+def batch_pair(config, data: Dataset, images, labels, dtype):
+    """Return ``(x0, target)`` for a batch: the image and the one-hot label
+    (classification), the image twice (a BP autoencoder), or no ``x_0`` and the image
+    (generative PC: the latent ``x_0`` is inferred)."""
+    if config.data.target == "label":
+        return images, data.one_hot(labels, dtype)
+    return (None if config.network.mode == "generative" else images), images

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pcsim.runio import atomic_path
@@ -62,21 +63,28 @@ def plot_metrics(metrics: list[dict], folder: str | Path, title: str = "") -> li
     return written
 
 
-def plot_reconstructions(images, recons, path: str | Path, side: int = 28,
+def plot_reconstructions(images, recons, path: str | Path, image_shape=None,
                          labels: tuple = ("test image", "reconstruction")) -> Path:
-    """Write a PNG with test images (top row) above their reconstructions (bottom row)."""
+    """Write a PNG with test images (top row) above their reconstructions (bottom row).
+
+    ``image_shape`` is the data set's ``(channels, height, width)`` (or ``(height,
+    width)``); without it a flat sample is shown as a square."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [images.detach().float().cpu().numpy(), recons.detach().float().cpu().numpy()]
     n = rows[0].shape[0]
+    if image_shape is None:
+        side = math.isqrt(rows[0].shape[1])
+        image_shape = (side, side)
+    height, width = image_shape[-2:]
     lo, hi = float(rows[0].min()), float(rows[0].max())  # one grey scale for both rows
     fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6), squeeze=False)
     for r, (row, label) in enumerate(zip(rows, labels)):
         for i in range(n):
             ax = axes[r][i]
-            ax.imshow(row[i].reshape(side, side), cmap="gray", vmin=lo, vmax=hi)
+            ax.imshow(row[i].reshape(height, width), cmap="gray", vmin=lo, vmax=hi)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r][0].set_ylabel(label, fontsize=8)

@@ -114,7 +114,8 @@ class DataConfig(_Section):
 
     dataset: Literal["mnist", "fashion_mnist"] = "mnist"
     root: Optional[str] = Field(
-        None, description="data root; else --data-root, else $PCSIM_DATA, else ~/.cache/pcsim/data")
+        None, description="data root; the --data-root flag overrides it; without either, "
+        "$PCSIM_DATA, else ~/.cache/pcsim/data")
     normalize: bool = Field(True, description="standardise pixels by the training-set mean/std")
     download: bool = Field(True, description="let torchvision fetch missing files")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training images")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pcsim.model.schedule import errors_after_feedforward, inference_wavefront
+
 __all__ = ["DenseCost", "pc_train_cost", "feedforward_cost", "bp_train_cost",
            "errors_after_feedforward", "inference_wavefront"]
 
@@ -33,40 +35,6 @@ class DenseCost:
 def feedforward_cost(network) -> DenseCost:
     """Cost of one feedforward pass ``x_l = mu_l``: every forward map once."""
     return DenseCost(sum(p.macs for p in network.projections), 0)
-
-
-def errors_after_feedforward(clamped) -> list[bool]:
-    """Which errors can be nonzero right after the feedforward start ``x_l = mu_l``: a
-    clamped top layer's, and a free ``x_0``'s prior error. Every other is exactly 0."""
-    L = len(clamped) - 1
-    return [l == 0 and not clamped[0] or l == L and bool(clamped[L]) for l in range(L + 1)]
-
-
-def inference_wavefront(clamped, n_steps: int) -> list[tuple[list[bool], list[bool]]]:
-    """Which errors can be nonzero, and which value layers move, at each Euler step.
-
-    After the feedforward start every hidden error is exactly zero (``x_l`` *is*
-    ``mu_l``); only a clamped top layer, and a free ``x_0`` (its prior error, unless it
-    starts at 0), can be in error. A value neuron moves only when its own error or the
-    gated error above it is nonzero; a prediction, and so an error, changes only where a
-    value moved. The nonzero errors therefore spread one layer per step from where they
-    start -- a wavefront that depends only on the clamping pattern and the step index.
-
-    Returns, per step ``k = 1..n_steps``, ``(in_error, moved)``: ``in_error[l]`` is True
-    when ``eps_l`` may be nonzero at the start of the step (False: exactly zero), and
-    ``moved[l]`` when ``x_l`` changes in it. The torch engine's fast path skips the
-    products of exactly-zero errors and the predictions of unmoved values by this
-    schedule (``pcsim.engines.torch.fast.pc_cycle``).
-    """
-    L = len(clamped) - 1
-    in_error = errors_after_feedforward(clamped)
-    schedule = []
-    for _ in range(n_steps):
-        moved = [not clamped[l] and (in_error[l] or (l < L and in_error[l + 1]))
-                 for l in range(L + 1)]
-        schedule.append((in_error, moved))
-        in_error = [in_error[l] or moved[l] or (l > 0 and moved[l - 1]) for l in range(L + 1)]
-    return schedule
 
 
 def pc_train_cost(network, n_steps: int, tau_w: float = math.inf,

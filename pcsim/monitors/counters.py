@@ -64,6 +64,12 @@ class OpCounter:
         for p, st, t, k, v in state["cells"]:
             self._counts[(p, int(st), t, k)] = int(v)
 
+    def merge(self, other: "OpCounter") -> None:
+        """Add ``other``'s samples and counts to this counter (e.g. another rank's)."""
+        self.n_samples += other.n_samples
+        for key, value in other._counts.items():
+            self._counts[key] += value
+
     def result(self) -> "OpCounts":
         """Freeze into exact Python integers."""
         cells = {key: int(value) for key, value in self._counts.items()}

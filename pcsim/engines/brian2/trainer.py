@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 
+from pcsim.engines.base import BatchResult, capabilities
 from pcsim.engines.brian2.engine import Brian2Engine
 from pcsim.engines.torch.maps import PlasticParams, build_maps, init_parameters
 from pcsim.model import equations as eq
@@ -24,7 +25,7 @@ class Brian2Trainer(PlasticParams):
     """Train and evaluate a network with brian2 (CPU, float64)."""
 
     name = "brian2"
-    supports_counting = False  # op counts come from the torch engine (SPEC 4)
+    capabilities = capabilities("brian2", "pc")  # op counts come from the torch engine
 
     def __init__(self, network, dynamics, *, seed=0, init="xavier_uniform", weight_decay=0.0,
                  target="numpy"):
@@ -35,11 +36,15 @@ class Brian2Trainer(PlasticParams):
         self.L = network.n_layers
         self.dt = float(dynamics.dt)
         self.n_steps = int(dynamics.steps)
+        if dynamics.stop_tol:
+            raise ValueError("dynamics.stop_tol: the brian2 backend integrates all T steps "
+                             "(convergence-based stopping runs on the torch backend)")
         self.params = init_parameters(network, init, seed, self.device, self.dtype)
         self.maps = build_maps(network, self.params)  # the projections' weight-gradient maps
         self.engine = Brian2Engine(network, dynamics, self._numpy_params(),
                                    weight_decay=weight_decay, target=target)
         self.recorder = None
+        self.grad_reducer = None
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -69,7 +74,7 @@ class Brian2Trainer(PlasticParams):
         return float(np.mean(sum(self.layer_energies(xs))))
 
     @torch.no_grad()
-    def train_batch(self, x0, target, optimizer=None, hooks=()) -> dict:
+    def train_batch(self, x0, target, optimizer=None, hooks=()) -> BatchResult:
         """One PC cycle: brian2 integrates ``T`` steps from the feedforward start, then the
         local gradients of the final state go to ``optimizer``."""
         self.engine.params = self._numpy_params()
@@ -89,7 +94,22 @@ class Brian2Trainer(PlasticParams):
                 w.grad = -dw
                 b.grad = -db
             optimizer.step()
-        return {"energy_initial": torch.tensor(e0), "energy_final": torch.tensor(e1)}
+        return BatchResult(torch.tensor(e0), torch.tensor(e1), self.n_steps)
+
+    @torch.no_grad()
+    def trace(self, x0, target, every: int, on_frame, event_sink=None) -> None:
+        """Run a training cycle's inference in brian2 (no learning) and hand
+        ``on_frame(frame, x, eps, layer_energies)`` the start and every ``every``-th step
+        (torch tensors, as the torch engine does; brian2 sends no events)."""
+        self.engine.params = self._numpy_params()
+        traj = self.engine.run(x0.detach().cpu().numpy(), target.detach().cpu().numpy(),
+                               record=True)
+        for frame in range(self.n_steps // every + 1):
+            k = frame * every
+            xs = [x[k] for x in traj.x]
+            eps = [None if e is None else torch.from_numpy(e[k]) for e in traj.eps]
+            energies = [torch.from_numpy(np.asarray(e)) for e in self.layer_energies(xs)]
+            on_frame(frame, [torch.from_numpy(x) for x in xs], eps, energies)
 
     @torch.no_grad()
     def local_gradients(self, traj) -> list:

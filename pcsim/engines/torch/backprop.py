@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from pcsim.engines.base import BatchResult, capabilities
+from pcsim.engines.torch import accounting as acc
 from pcsim.engines.torch.maps import PlasticParams, build_maps, init_parameters
 from pcsim.model import equations as eq
 
@@ -19,6 +21,7 @@ class BackpropTrainer(PlasticParams):
     """
 
     name = "bp"
+    capabilities = capabilities("torch", "bp")
 
     def __init__(self, network, *, device="cpu", dtype=torch.float32, seed=0,
                  init="xavier_uniform", params=None):
@@ -61,34 +64,26 @@ class BackpropTrainer(PlasticParams):
 
     def _count_forward(self, rows):
         """Dense counts of a forward pass (SPEC 4), reported to the recorder."""
-        rec, size = self.recorder, torch.empty((), dtype=self.dtype).element_size()
+        rec, size = self.recorder, acc.itemsize(self.dtype)
         for p in self.network.projections:
-            n = rows * p.macs
-            for kind, value in (("dense_macs", n), ("syn_events", rows * p.n_pre),
-                                ("syn_ops_mac", n), ("mem_read_bytes", n * size)):
-                rec.add("inference", 0, f"W_{p.index}", kind, value)
-            for kind in ("neuron_updates", "neuron_updates_active"):
-                rec.add("inference", 0, f"value_l{p.index}", kind, rows * p.n_post)
+            acc.count_dense(rec, 0, f"W_{p.index}", rows, p.macs, p.n_pre, size)
+            acc.count_updates(rec, 0, f"value_l{p.index}", rows * p.n_post)
 
     def _count_backward(self, rows):
         """Dense counts of backprop's backward pass and weight gradients."""
-        rec, size = self.recorder, torch.empty((), dtype=self.dtype).element_size()
+        rec, size = self.recorder, acc.itemsize(self.dtype)
         for p in self.network.projections:
             n = rows * p.macs
             if p.index >= 2:  # gradient w.r.t. the input of projection l (not needed for x_0)
-                rec.add("learning", 0, f"W_{p.index}^T", "dense_macs", n)
-                rec.add("learning", 0, f"W_{p.index}^T", "syn_ops_mac", n)
-            rec.add("learning", 0, f"W_{p.index}", "dense_macs", n)
-            rec.add("learning", 0, f"W_{p.index}", "weight_updates", n)
-            rec.add("learning", 0, f"W_{p.index}", "mem_read_bytes", n * size)
-            rec.add("learning", 0, f"W_{p.index}", "mem_write_bytes", n * size)
+                acc.count_backward(rec, f"W_{p.index}^T", n)
+            acc.count_learning(rec, f"W_{p.index}", n, size, dense_macs=n)
 
     def loss(self, x0, target):
         top = self.network.layers[self.L]
         target = torch.as_tensor(target, device=self.device, dtype=self.dtype)
         return eq.layer_energy(target, self.forward(x0), top.prec, top.size).mean()
 
-    def train_batch(self, x0, target, optimizer=None, hooks=()) -> dict:
+    def train_batch(self, x0, target, optimizer=None, hooks=()) -> BatchResult:
         """One backprop step; returns the batch-mean output energy before the step."""
         loss = self.loss(x0, target)
         if self.recorder is not None:
@@ -103,4 +98,4 @@ class BackpropTrainer(PlasticParams):
                     w.grad, b.grad = dw, db
             optimizer.step()
         loss = loss.detach()
-        return {"energy_initial": loss, "energy_final": loss}
+        return BatchResult(loss, loss, 0)

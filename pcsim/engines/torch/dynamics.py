@@ -1,0 +1,250 @@
+"""The PC dynamics of one batch in torch: the feedforward start and the one Euler step
+function that every path runs (stepped, fast, compiled, traces, diagnosis).
+
+A :class:`Dynamics` integrates a :class:`PCState` by a schedule of rows
+(:mod:`pcsim.model.schedule`): the dense schedule when something observes the steps
+(hooks, op counts, events, leaky errors, plasticity), the inference wavefront when
+nothing does -- the same function, which skips only products that are exactly zero.
+Signals travel through :mod:`~pcsim.engines.torch.links`; the right-hand sides come
+from :mod:`pcsim.model.equations`. No autograd: gradients are the local quantities of
+SPEC 2.2-2.3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from pcsim.engines.integrators import euler
+from pcsim.engines.torch import accounting as acc
+from pcsim.engines.torch.links import Links, Wire, build_links
+from pcsim.model import equations as eq
+from pcsim.model.schedule import errors_after_feedforward
+
+__all__ = ["PCState", "Dynamics", "free_energy"]
+
+
+def free_energy(x, mu, prec, clamped, prec_0):
+    """Return ``E`` per sample (SPEC 1): every layer's energy, plus the prior of a free
+    ``x_0``. Lists ``x``, ``mu``, ``prec`` indexed by layer ``l = 0..L``."""
+    total = 0.0 if clamped[0] else eq.prior_energy(x[0], prec_0)
+    for l in range(1, len(x)):
+        total = total + eq.layer_energy(x[l], mu[l], prec[l], x[l].shape[1])
+    return total
+
+
+@dataclass
+class PCState:
+    """Activity of one batch: lists indexed by layer ``l = 0..L``.
+
+    ``a``, ``mu``, ``f_prime_a`` and ``g`` hold ``None`` at ``l = 0``; ``eps[0]`` is the prior
+    error ``prec_0 x_0`` when ``x_0`` is free, else ``None``. An ``eps`` or ``g`` of ``None``
+    at ``l >= 1`` is exactly zero (the wavefront has not reached it). Between steps every
+    field is consistent with ``x`` (and with the ``eps`` state when ``tau_eps > 0``).
+    ``links`` transmit the batch's signals; ``events`` is the same object in event mode
+    (its sigma-delta units: ``events.value[l].sent``, ``events.gate[l].sent``), else None.
+    """
+
+    x: list
+    clamped: tuple
+    a: list = field(default_factory=list)
+    mu: list = field(default_factory=list)
+    f_prime_a: list = field(default_factory=list)
+    eps: list = field(default_factory=list)
+    g: list = field(default_factory=list)
+    t: float = 0.0
+    step: int = 0
+    links: Optional[Links] = None
+    events: Optional[Links] = None
+
+
+class Dynamics:
+    """Integrate value and error populations of ``network`` through ``maps``.
+
+    Parameters
+    ----------
+    network : pcsim.model.Network
+    maps : list
+        ``maps[l]`` is projection ``l`` (``maps[0]`` unused).
+    dt, tau_x, tau_eps, tau_w : float
+        Euler step and time constants (s); ``tau_eps = 0``: errors at their fixed point;
+        ``tau_w = inf``: frozen weights.
+    weight_decay : float
+    events : EventsConfig or None
+        Sigma-delta transmission of every signal when given.
+    recorder, sink : optional
+        Op recorder (SPEC 4) and event sink.
+    """
+
+    def __init__(self, network, maps, dt, tau_x, tau_eps=0.0, tau_w=math.inf,
+                 weight_decay=0.0, events=None, recorder=None, sink=None):
+        self.network, self.maps = network, maps
+        self.L = network.n_layers
+        self.activations = [layer.activation for layer in network.layers]
+        self.prec = [layer.prec for layer in network.layers]
+        self.dt, self.tau_x, self.tau_eps, self.tau_w = dt, tau_x, tau_eps, tau_w
+        self.plastic = math.isfinite(tau_w)
+        self.weight_decay = weight_decay
+        self.events, self.recorder, self.sink = events, recorder, sink
+
+    # ------------------------------------------------------------------ start
+    def init_state(self, x0, target, clamped, zeros: bool = True) -> PCState:
+        """Clamp and start free layers at the feedforward pass ``x_l = mu_l``.
+
+        ``zeros=False`` leaves the errors that are exactly zero after the start as
+        ``None`` (the wavefront skips them); else they are zero tensors.
+        """
+        L = self.L
+        s = PCState(x=[None] * (L + 1), clamped=clamped, a=[None] * (L + 1),
+                    mu=[None] * (L + 1), f_prime_a=[None] * (L + 1), eps=[None] * (L + 1),
+                    g=[None] * (L + 1))
+        s.x[0] = x0
+        wire = Wire(self.recorder, self.sink, acc.itemsize(x0.dtype))
+        s.links = build_links(self.network, self.maps, wire, x0.shape[0], self.events,
+                              x0.device, x0.dtype)
+        s.events = s.links if s.links.event else None
+        for l in range(1, L + 1):
+            self._predict(s, l, s.links.forward[l].transmit(s.x[l - 1], 0))
+            s.x[l] = s.mu[l]
+        if clamped[L]:
+            if target is None:
+                raise ValueError("the top layer is clamped: give a target")
+            s.x[L] = target
+        for l, in_error in enumerate(errors_after_feedforward(clamped)):
+            if in_error or (zeros and l > 0):
+                self._error(s, l, fixed=True)  # leaky errors too start at the fixed point
+        self._count_neurons(s, initial=True)
+        return s
+
+    def _predict(self, s, l, a):
+        s.a[l] = a
+        act = self.activations[l]
+        if act.is_identity:
+            s.mu[l], s.f_prime_a[l] = a, None
+        else:
+            s.mu[l], s.f_prime_a[l] = act.value_and_prime(a, torch)
+
+    def _error(self, s, l, fixed=False):
+        """Error neurons of layer ``l`` at their fixed point (``tau_eps = 0``, or
+        ``fixed``; else ``eps`` is a state of its own), and ``g``."""
+        if l == 0:
+            s.eps[0] = eq.error_fixed_point(s.x[0], 0.0, self.network.prec_0)
+            return
+        if fixed or self.tau_eps == 0:
+            s.eps[l] = eq.error_fixed_point(s.x[l], s.mu[l], self.prec[l])
+        self._gate(s, l)
+
+    def _gate(self, s, l):
+        fp = s.f_prime_a[l]
+        s.g[l] = s.eps[l] if fp is None else eq.gated_error(s.eps[l], fp)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, s: PCState, row) -> None:
+        """Advance ``s`` by one forward-Euler step of SPEC 2.1-2.2, all from the old
+        state, updating what ``row`` (a :class:`pcsim.model.schedule.Row`) names."""
+        dt, L, links = self.dt, self.L, s.links
+        s.step += 1
+        k = s.step
+        new_x = list(s.x)
+        for l in range(L + 1):  # 1. value neurons
+            if not row.moved[l]:
+                continue
+            feedback = (links.feedback[l].transmit(s.g[l + 1], k)
+                        if l < L and row.in_error[l + 1] else 0.0)
+            own = 0.0
+            if row.in_error[l]:
+                own = s.eps[0] if l == 0 else links.error[l].transmit(s.eps[l], k)
+            new_x[l] = euler(s.x[l], dt, eq.value_rhs(own, feedback, self.tau_x))
+        if self.tau_eps > 0:  # 2. leaky error neurons
+            for l in range(1, L + 1):
+                s.eps[l] = euler(s.eps[l], dt, eq.error_rhs(s.eps[l], s.x[l], s.mu[l],
+                                                            self.prec[l], self.tau_eps))
+        if self.plastic:  # 3. synapses, from the old g and x
+            for l in range(1, L + 1):
+                m = self.maps[l]
+                m.weight.copy_(euler(m.weight, dt, eq.weight_rhs(
+                    m.weight_grad(s.g[l], s.x[l - 1]), m.weight, self.weight_decay, self.tau_w)))
+                m.bias.copy_(euler(m.bias, dt, eq.bias_rhs(m.bias_grad(s.g[l]), self.tau_w)))
+        s.x = new_x
+        s.t += dt
+        for l in range(1, L + 1):  # 4. predictions whose input (or weights) moved
+            if row.predicted[l]:
+                self._predict(s, l, links.forward[l].transmit(s.x[l - 1], k))
+        for l in range(L + 1):  # 5. errors where x or mu changed
+            if row.moved[l] or (l > 0 and (row.predicted[l] or self.tau_eps > 0)):
+                self._error(s, l)
+        self._count_neurons(s)
+
+    def refresh(self, s: PCState, changed) -> None:
+        """Recompute what depends on ``x`` after an outside change: ``a_l`` for the
+        projections in ``changed``, then every error (``mu``, ``f'(a)``, ``eps``, ``g``)."""
+        for l in range(1, self.L + 1):
+            if l in changed:
+                self._predict(s, l, s.links.forward[l].transmit(s.x[l - 1], s.step))
+        for l in range(self.L + 1):
+            if l > 0 or not s.clamped[0]:
+                self._error(s, l)
+
+    def run(self, s: PCState, schedule: Sequence, hooks: Sequence = (),
+            stop_tol: Optional[float] = None, engine=None) -> PCState:
+        """Step ``s`` through ``schedule``, calling ``hook.on_step(engine, s, k)`` after
+        step ``k`` (0-based). With ``stop_tol``, stop once a step lowers the batch-mean
+        energy by less than ``stop_tol`` times its value (one read-back per step)."""
+        e_prev = float(self.energy(s).mean()) if stop_tol else None
+        for k, row in enumerate(schedule):
+            self.step(s, row)
+            for hook in hooks:
+                hook.on_step(engine, s, k)
+            if stop_tol:
+                e = float(self.energy(s).mean())
+                if e_prev - e < stop_tol * abs(e_prev):
+                    break
+                e_prev = e
+        return s
+
+    # ------------------------------------------------------------------ read-outs
+    def energy(self, s: PCState):
+        """The free energy ``E`` per sample, shape ``(batch,)`` (SPEC 1)."""
+        return free_energy(s.x, s.mu, self.prec, s.clamped, self.network.prec_0)
+
+    def layer_energies(self, s: PCState) -> list:
+        """``E_l`` per sample for every layer (``E_0``: the prior of a free ``x_0``, else
+        zeros); their sum is :meth:`energy`."""
+        rows = s.x[0].shape[0]
+        out = [eq.prior_energy(s.x[0], self.network.prec_0) if not s.clamped[0]
+               else torch.zeros(rows, device=s.x[0].device, dtype=s.x[0].dtype)]
+        for l in range(1, self.L + 1):
+            out.append(eq.layer_energy(s.x[l], s.mu[l], self.prec[l], s.x[l].shape[1]))
+        return out
+
+    def local_gradients(self, s: PCState) -> list:
+        """``(-dE/dW_l, -dE/db_l)`` per projection, batch means, from local quantities
+        only: the gated error after the synapse, the value before it (as sent)."""
+        grads = []
+        for l in range(1, self.L + 1):
+            pre = s.x[l - 1] if s.events is None else s.links.forward[l].sent
+            g = torch.zeros_like(s.mu[l]) if s.g[l] is None else s.g[l]  # T below the depth
+            grads.append((self.maps[l].weight_grad(g, pre), self.maps[l].bias_grad(g)))
+            if self.recorder is not None:
+                self._count_learning(s, l, pre, g)
+        return grads
+
+    # ------------------------------------------------------------------ counting
+    def _count_neurons(self, s, initial=False):
+        if self.recorder is not None:
+            acc.count_neurons(self.recorder, s.step, self.network, s.clamped,
+                              s.x[0].shape[0], s.links.active, s.links.wire.size, initial)
+
+    def _count_learning(self, s, l, pre, g):
+        """Every synapse per sample (dense), or those whose pre and post factors are both
+        nonzero (event mode)."""
+        p, rows = self.network.projections[l - 1], pre.shape[0]
+        if s.events is None:
+            n = rows * p.n_synapses
+            acc.count_learning(self.recorder, f"W_{l}", n, s.links.wire.size, dense_macs=n)
+        else:
+            n = ((pre != 0).sum(1) * (g != 0).sum(1)).sum()
+            acc.count_learning(self.recorder, f"W_{l}", n, s.links.wire.size)

@@ -1,0 +1,168 @@
+"""Links: one object per transmitted signal of SPEC 3, dense or sigma-delta.
+
+A PC network transmits three signals: value neurons ``x_{l-1}`` into projection ``W_l``
+(its receivers hold ``a_l``), gated errors ``g_{l+1}`` back through ``W_{l+1}^T`` (value
+neurons ``l`` hold the feedback), and errors ``eps_l`` one-to-one to ``x_l``. A
+:class:`Link` sends one of them, accumulates what its receivers hold, hands events to
+the event sink and reports its ops -- the one place where a new way of transmitting
+signals is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from pcsim.engines.torch import accounting as acc
+from pcsim.engines.torch.events import SigmaDelta
+
+__all__ = ["Wire", "Link", "Links", "build_links"]
+
+FORWARD, ADJOINT, ONE_TO_ONE = "forward", "adjoint", "one_to_one"
+
+
+@dataclass
+class Wire:
+    """What every link of a batch shares: where counts and events go, and the events'
+    record of which populations were active this tick."""
+
+    recorder: object = None
+    sink: object = None
+    size: int = 4  # bytes per value
+    integer: bool = False  # integer payloads (AC ops)
+    active: Optional[dict] = None  # population -> (batch, n) bool, event mode only
+
+
+class Link:
+    """One transmitted signal.
+
+    Parameters
+    ----------
+    direction : {"forward", "adjoint", "one_to_one"}
+    map : projection map or None
+        ``forward``: ``a = W x + b``; ``adjoint``: ``W^T g``; ``one_to_one``: None.
+    target, sender, receiver : str
+        The link's name in counts and traces (``W_l``, ``W_l^T``, ``eps_l->x_l``) and the
+        populations at its two ends.
+    macs, n_senders : int
+        Dense multiply-accumulates of one evaluation per sample, and senders per sample.
+    coder : SigmaDelta or None
+        None transmits densely; a sigma-delta unit sends events.
+    """
+
+    def __init__(self, wire: Wire, direction, map, target, sender, receiver, macs, n_senders,
+                 coder: Optional[SigmaDelta] = None, held=None):
+        self.wire, self.direction, self.map = wire, direction, map
+        self.target, self.sender, self.receiver = target, sender, receiver
+        self.macs, self.n_senders, self.coder = macs, n_senders, coder
+        self.held = held  # what the receivers hold (event mode), without a bias
+
+    @property
+    def sent(self):
+        """The signal as the receivers know it (event mode)."""
+        return self.coder.sent
+
+    def transmit(self, signal, step: int):
+        """Send ``signal`` at ``step``; return what the receivers now hold."""
+        if self.coder is None:
+            if self.wire.recorder is not None:
+                self._count_dense(signal.shape[0], step)
+            if self.direction == FORWARD:
+                return self.map.forward(signal)
+            return signal if self.direction == ONE_TO_ONE else self.map.adjoint(signal)
+        payload, mask = self.coder.send(signal)
+        if self.direction == FORWARD:
+            delta = self.map.linear(payload)
+        else:
+            delta = payload if self.direction == ONE_TO_ONE else self.map.adjoint(payload)
+        self.held = self.held + delta
+        if self.wire.sink is not None:
+            self.wire.sink(self.sender, self.target, step, mask, payload)
+        if self.wire.recorder is not None:
+            self._count_events(mask, step)
+        return self.held + self.map.bias if self.direction == FORWARD else self.held
+
+    def _count_dense(self, rows, step):
+        rec = self.wire.recorder
+        if self.direction == ONE_TO_ONE:
+            acc.count_one_to_one(rec, step, self.target, rows, self.n_senders)
+        else:
+            acc.count_dense(rec, step, self.target, rows, self.macs, self.n_senders,
+                            self.wire.size)
+
+    def _count_events(self, mask, step):
+        """``syn_ops`` adds each event's fan-out; sender and reached receivers are marked
+        active this tick."""
+        if self.direction == ONE_TO_ONE:
+            fan, reached = None, mask
+        else:
+            adjoint = self.direction == ADJOINT
+            fan = self.map.fan_in() if adjoint else self.map.fan_out()
+            reached = self.map.reached(mask, adjoint=adjoint)
+        active = self.wire.active
+        for name, m in ((self.sender, mask), (self.receiver, reached)):
+            active[name] = m | active[name] if name in active else m
+        acc.count_events(self.wire.recorder, step, self.target, mask, fan, self.wire.integer,
+                         self.wire.size)
+
+
+@dataclass
+class Links:
+    """The links of one batch, indexed by layer: ``forward[l]`` carries ``x_{l-1}`` into
+    ``W_l`` (l >= 1), ``feedback[l]`` carries ``g_{l+1}`` through ``W_{l+1}^T`` to ``x_l``
+    (l < L), ``error[l]`` carries ``eps_l`` to ``x_l`` (l >= 1)."""
+
+    wire: Wire
+    forward: list
+    feedback: list
+    error: list
+    event: bool = False
+
+    # the sigma-delta units by the population that sends (SPEC 3 names)
+    @property
+    def value(self) -> list:
+        """``value[l]`` sends ``x_l`` into ``W_{l+1}``."""
+        return [link.coder for link in self.forward[1:]] + [None]
+
+    @property
+    def gate(self) -> list:
+        """``gate[l]`` sends ``g_l`` into ``W_l^T``."""
+        return [None] + [link.coder for link in self.feedback[:-1]]
+
+    @property
+    def active(self) -> dict:
+        return self.wire.active
+
+
+def build_links(network, maps, wire: Wire, batch: int, events=None, device=None,
+                dtype=None) -> Links:
+    """The links of one batch: dense, or sigma-delta when ``events`` (an
+    :class:`~pcsim.config.schema.EventsConfig`) is given, each unit starting at zero."""
+    L, sizes = network.n_layers, network.sizes
+
+    def zeros(n):
+        return None if events is None else torch.zeros(batch, n, device=device, dtype=dtype)
+
+    def coder(population, n):
+        if events is None:
+            return None
+        sd = SigmaDelta(population, events.theta_for(population), events.payload == "integer")
+        sd.reset(zeros(n))
+        return sd
+
+    forward, feedback, error = [None] * (L + 1), [None] * (L + 1), [None] * (L + 1)
+    for p in network.projections:
+        l = p.index
+        forward[l] = Link(wire, FORWARD, maps[l], f"W_{l}", f"value_l{l - 1}", f"error_l{l}",
+                          p.macs, p.n_pre, coder(f"value_l{l - 1}", sizes[l - 1]), zeros(sizes[l]))
+        feedback[l - 1] = Link(wire, ADJOINT, maps[l], f"W_{l}^T", f"error_l{l}",
+                               f"value_l{l - 1}", p.macs, p.n_post, coder(f"error_l{l}", sizes[l]),
+                               zeros(sizes[l - 1]))
+        error[l] = Link(wire, ONE_TO_ONE, None, f"eps_{l}->x_{l}", f"error_l{l}", f"value_l{l}",
+                        0, sizes[l], coder(f"error_l{l}", sizes[l]), zeros(sizes[l]))
+    if events is not None:
+        wire.integer = events.payload == "integer"
+        wire.active = {}
+    return Links(wire, forward, feedback, error, event=events is not None)

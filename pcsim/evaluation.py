@@ -1,0 +1,53 @@
+"""Test-set evaluation of a trained network, through the Trainer protocol only."""
+
+from __future__ import annotations
+
+import torch
+
+from pcsim.data import Dataset, iterate_batches
+from pcsim.model.equations import layer_energy
+
+__all__ = ["evaluate", "describe"]
+
+
+@torch.no_grad()
+def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None,
+             target: str = "label") -> dict:
+    """Test-set metrics of the trained network.
+
+    ``target="label"``: the feedforward read-out's accuracy and mean output energy.
+    ``target="image"``: the reconstruction's mean squared error per pixel (``test_mse``)
+    and its energy; a PC decoder encodes by inference and decodes feedforward from the
+    inferred latent. The energy is the top layer's SPEC energy
+    ``0.5 prec_L ||ref - y||^2 - 0.5 n_L ln prec_L`` per sample
+    (:func:`pcsim.model.equations.layer_energy`).
+
+    With a ``recorder``, the trainer counts the ops of the read-out (in event mode: the
+    events of the sigma-delta feedforward pass)."""
+    correct, energy, sq, n = 0, 0.0, 0.0, data.test_x.shape[0]
+    top = trainer.network.layers[-1]
+    trainer.recorder = recorder
+    if recorder is not None:
+        recorder.add_samples(n)
+    try:
+        for idx in iterate_batches(n, batch_size, shuffle=False):
+            x = data.test_x[idx]
+            if target == "image":
+                y, ref = trainer.reconstruct(x), x
+            else:
+                y, ref = trainer.predict(x), data.one_hot(data.test_y[idx], x.dtype)
+                correct += int((y.argmax(1) == data.test_y[idx]).sum())
+            energy += float(layer_energy(ref, y, top.prec, top.size).sum())
+            sq += float(((ref - y) ** 2).sum())
+    finally:
+        trainer.recorder = None
+    if target == "image":
+        return {"test_mse": sq / (n * top.size), "test_energy": energy / n}
+    return {"test_accuracy": correct / n, "test_energy": energy / n}
+
+
+def describe(record: dict) -> str:
+    """One line for a metrics record: accuracy, or reconstruction MSE."""
+    if "test_accuracy" in record:
+        return f"test accuracy {100 * record['test_accuracy']:.2f}%"
+    return f"test reconstruction MSE {record['test_mse']:.5f}"
