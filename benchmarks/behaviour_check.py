@@ -1,11 +1,12 @@
 """Behaviour-equality harness: record short reference runs, compare two recordings.
 
     # record with the code that PYTHONPATH selects (run from that checkout):
-    cd /tmp/landed && PYTHONPATH=/tmp/landed python benchmarks/behaviour_check.py \\
-        record /tmp/ref_landed --data-root /tmp/data
-    cd /work/main && PYTHONPATH=/work/main python benchmarks/behaviour_check.py \\
-        record /tmp/ref_new --data-root /tmp/data
-    python benchmarks/behaviour_check.py compare /tmp/ref_landed /tmp/ref_new
+    git worktree add "$LANDED" <ref-commit>
+    cd "$LANDED" && PYTHONPATH="$LANDED" python benchmarks/behaviour_check.py \\
+        record "$REF_DIR" --data-root "$PCSIM_DATA"
+    cd "$CHECKOUT" && PYTHONPATH="$CHECKOUT" python benchmarks/behaviour_check.py \\
+        record "$NEW_DIR" --data-root "$PCSIM_DATA"
+    python benchmarks/behaviour_check.py compare "$REF_DIR" "$NEW_DIR"
 
 ``record`` runs pcsim only through ``sys.executable -m pcsim`` subprocesses (with the
 caller's environment, so PYTHONPATH decides which pcsim runs; the subprocesses' working
@@ -461,7 +462,7 @@ def compare(ref: Path, new: Path, rtol: float) -> int:
     rec = [_load_json(d / "record.json") or {} for d in (ref, new)]
     names = list(rec[0].get("runs") or RUNS)
     for label, r in zip(("ref", "new"), rec):
-        print(f"- {label}: {r.get('code_dir')} @ {str(r.get('git_head'))[:12]}"
+        print(f"- {label}: {Path(str(r.get('code_dir'))).name} @ {str(r.get('git_head'))[:12]}"
               f"{' (dirty: ' + str(len(r['git_status'])) + ' paths)' if r.get('git_status') else ''}"
               f", {r.get('cpu_model')}, torch {r.get('versions', {}).get('torch')}, "
               f"brian2 {r.get('versions', {}).get('brian2')}")

@@ -16,7 +16,7 @@ import torch
 
 from pcsim.engines.base import BatchResult, capabilities
 from pcsim.engines.torch.dynamics import Dynamics, PCState
-from pcsim.engines.torch.maps import PlasticParams, build_maps, init_parameters
+from pcsim.engines.torch.maps import PlasticParams, build_maps, frozen_maps, init_parameters
 from pcsim.engines.torch.optim import GraphUpdate
 from pcsim.model.schedule import dense_schedule, inference_wavefront
 
@@ -333,11 +333,7 @@ class TorchEngine(PlasticParams):
         """The fast cycle returning ``dE/dW`` and ``dE/db`` (what an optimizer descends:
         the negated local gradients) and the two energies."""
         clamped = self.network.clamped("train")
-        # W is fixed for the cycle: a map that runs every step (its input is free) gets
-        # W^T row-major once (DenseMap.frozen); the clamped input's product runs once
-        maps = [None] + [m if clamped[l - 1] else m.frozen()
-                         for l, m in enumerate(self.maps) if l]
-        dyn = self._dynamics(maps, observed=False)
+        dyn = self._dynamics(frozen_maps(self.maps, clamped), observed=False)
         s = dyn.init_state(x0, target, clamped, zeros=False)
         e0 = dyn.energy(s).mean()
         dyn.run(s, self._wavefront)

@@ -11,6 +11,7 @@ engine's own maps, and what ``torch.compile`` fuses into one graph.
 from __future__ import annotations
 
 from pcsim.engines.torch.dynamics import Dynamics, free_energy
+from pcsim.engines.torch.maps import frozen_maps
 from pcsim.model.network import Layer, Network, Projection
 from pcsim.model.schedule import inference_wavefront
 
@@ -48,8 +49,7 @@ def pc_cycle(maps, activations, prec, clamped, prec_0, dt, tau_x, n_steps, x0, t
     layers = tuple(Layer(l, n, activations[l], prec[l]) for l, n in enumerate(sizes))
     projections = tuple(Projection(l, sizes[l - 1], sizes[l]) for l in range(1, len(sizes)))
     network = Network(layers, projections, prec_0=prec_0)
-    maps = [None] + [m if clamped[l - 1] else m.frozen() for l, m in enumerate(maps) if l]
-    dyn = Dynamics(network, maps, dt, tau_x)
+    dyn = Dynamics(network, frozen_maps(maps, clamped), dt, tau_x)
     s = dyn.init_state(x0, target, tuple(clamped), zeros=False)
     e0 = dyn.energy(s).mean()
     dyn.run(s, inference_wavefront(clamped, n_steps))

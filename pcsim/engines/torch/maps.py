@@ -8,8 +8,8 @@ import math
 
 import torch
 
-__all__ = ["DenseMap", "PlasticParams", "init_parameters", "build_maps", "params_state",
-           "load_params"]
+__all__ = ["DenseMap", "PlasticParams", "init_parameters", "build_maps", "frozen_maps",
+           "params_state", "load_params"]
 
 
 class DenseMap:
@@ -125,6 +125,13 @@ def build_maps(network, params) -> list:
             raise KeyError(f"unknown projection kind {p.kind!r}; valid: dense")
         maps.append(DenseMap(w, b))
     return maps
+
+
+def frozen_maps(maps, clamped) -> list:
+    """``maps`` for one cycle of fixed weights: a map that runs every step (its input is
+    free) holds ``W^T`` row-major (:meth:`DenseMap.frozen`); a clamped input's product
+    runs once anyway, so its map stays as it is."""
+    return [None] + [m if clamped[l - 1] else m.frozen() for l, m in enumerate(maps) if l]
 
 
 def params_state(params, network) -> dict:
