@@ -39,7 +39,7 @@ def _syn(summary: dict, phase: str) -> float:
 def measure(config, base, data, events, train_batches, profiles):
     """Return one sweep row for ``events`` (None = dense)."""
     engine = TorchEngine(base.network, config.dynamics, device=base.device, dtype=base.dtype,
-                         params=[[w.clone(), b.clone()] for w, b in base.params], events=events)
+                         params=base.params.clone(), events=events)
     mode = "dense" if events is None else events.payload
     test_counter = OpCounter()
     test_counter.mode = "dense" if events is None else "event"

@@ -15,7 +15,7 @@ from pcsim.config import ExperimentConfig, config_from_dict
 from pcsim.data import batch_pair, dataset_info, load_dataset, resolve_data_root
 from pcsim.energy import available_profiles
 from pcsim.energy.report import build_energy_report
-from pcsim.engines.torch.engine import resolve_device
+from pcsim.engines.torch.device import resolve_device
 from pcsim.engines.torch.optim import make_optimizer, make_scheduler
 from pcsim.evaluation import describe, evaluate
 from pcsim.model import Network, bp_train_cost, feedforward_cost, pc_train_cost

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pcsim.engines.torch.params import flatten_named, unflatten_named
+
 __all__ = ["Parallel", "from_env"]
 
 
@@ -32,22 +34,16 @@ class Parallel:
     def shard(self, idx: torch.Tensor) -> torch.Tensor:
         return idx[self.rank::self.world]
 
-    def reduce_grads(self, grads, n_local: int, n_global: int):
-        """Turn per-rank batch means into the global batch mean (all-reduce of sums)."""
+    def reduce_grads(self, grads: dict, n_local: int, n_global: int) -> dict:
+        """Turn per-rank batch means (by name) into the global batch mean: one all-reduce
+        of the weighted sums, flat."""
         if not self.active:
             return grads
         import torch.distributed as dist
-        flat = torch.cat([t.reshape(-1) for pair in grads for t in pair]) * n_local
+        flat = flatten_named(grads) * n_local
         dist.all_reduce(flat)
         flat /= n_global
-        out, offset = [], 0
-        for dw, db in grads:
-            w = flat[offset:offset + dw.numel()].view_as(dw)
-            offset += dw.numel()
-            b = flat[offset:offset + db.numel()].view_as(db)
-            offset += db.numel()
-            out.append((w, b))
-        return out
+        return unflatten_named(flat, grads)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.active:

@@ -134,16 +134,12 @@ def plot_traces(trace_path: str | Path, folder: str | Path, trial: int = 0,
     """From a trace file, write for one trial: ``trial<k>_activity.png`` (value and error
     neurons of every recorded population over inference time), ``trial<k>_raster.png``
     (events, event mode) and ``trial<k>_energy.png`` (E_l(t) per layer)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     from pcsim.monitors.hdf5 import TraceError, open_trace
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
     with open_trace(trace_path) as f:
         trials = f["pcsim/trials"][:]
         if not 0 <= trial < len(trials):
@@ -154,61 +150,84 @@ def plot_traces(trace_path: str | Path, folder: str | Path, trial: int = 0,
         rows = slice(trial * n_frames, (trial + 1) * n_frames)
         info = trials[trial]
         title = f"sample {info['sample_index']} (label {info['label']}), epoch {info['epoch']}"
-        pops = [p for p in f["report"] if f[f"report/{p}/data"].shape[1] > 0]
-        fig, axes = plt.subplots(len(pops), 1, figsize=(7, 1.8 * len(pops) + 0.6), sharex=True,
-                                 squeeze=False)
-        for ax, p in zip(axes[:, 0], pops):
-            data = f[f"report/{p}/data"][rows]
-            moved = np.argsort(-np.abs(data[-1] - data[0]))[:max_neurons]
-            if p.startswith("value"):  # values relax by small amounts around large levels
-                ax.plot(t, data[:, moved] - data[0, moved], lw=1)
-                ax.set_ylabel(f"{p}\nx - x(0)", fontsize=8)
-            else:
-                ax.plot(t, data[:, moved], lw=1)
-                ax.set_ylabel(f"{p}\neps", fontsize=8)
-            ax.grid(alpha=0.3)
-        axes[-1, 0].set_xlabel("inference time (ms)")
-        fig.suptitle(f"activity, {title}\n(the {max_neurons} neurons that move most)", fontsize=9)
-        fig.tight_layout()
-        path = folder / f"trial{trial}_activity.png"
-        _save(fig, path)
-        written.append(path)
-
-        energy = f["pcsim/energy"][rows]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for l in range(energy.shape[1]):
-            if np.any(energy[:, l]):
-                ax.plot(t, energy[:, l], label=f"E_l{l}")
-        ax.plot(t, energy.sum(1), "k--", label="E")
-        positive = energy[energy > 0]
-        ax.set_yscale("symlog", linthresh=max(float(positive.min()) if positive.size else 1.0, 1e-15))
-        ax.set_xlabel("inference time (ms)")
-        ax.set_ylabel("free energy")
-        ax.set_title(f"energy per layer, {title}", fontsize=9)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = folder / f"trial{trial}_energy.png"
-        _save(fig, path)
-        written.append(path)
-
+        stem = folder / f"trial{trial}"
+        written = [_plot_activity(f, t, rows, title, max_neurons, Path(f"{stem}_activity.png")),
+                   _plot_energy(f, t, rows, title, Path(f"{stem}_energy.png"))]
         if "spikes" in f and len(f["spikes"]):
-            fig, ax = plt.subplots(figsize=(7, 4))
-            offset, ticks = 0, []
-            start, stop = float(info["start"]), float(info["stop"])
-            for p in f["spikes"]:
-                ts = f[f"spikes/{p}/timestamps"][:]
-                ids = f[f"spikes/{p}/node_ids"][:]
-                sel = (ts >= start) & (ts < stop)
-                ax.scatter(ts[sel] - start, ids[sel] + offset, s=2, label=p)
-                n = f[f"report/{p}/data"].shape[1] if f"report/{p}" in f else int(ids.max(initial=0)) + 1
-                ticks.append((offset + n / 2, p))
-                offset += n
-            ax.set_yticks([tk for tk, _ in ticks], [p for _, p in ticks], fontsize=7)
-            ax.set_xlabel("inference time (ms)")
-            ax.set_title(f"events, {title}", fontsize=9)
-            fig.tight_layout()
-            path = folder / f"trial{trial}_raster.png"
-            _save(fig, path)
-            written.append(path)
+            written.append(_plot_raster(f, info, title, Path(f"{stem}_raster.png")))
     return written
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _plot_activity(f, t, rows, title, max_neurons, path) -> Path:
+    """Value and error neurons of every recorded population: the ones that move most."""
+    import numpy as np
+    plt = _pyplot()
+    pops = [p for p in f["report"] if f[f"report/{p}/data"].shape[1] > 0]
+    fig, axes = plt.subplots(len(pops), 1, figsize=(7, 1.8 * len(pops) + 0.6), sharex=True,
+                             squeeze=False)
+    for ax, p in zip(axes[:, 0], pops):
+        data = f[f"report/{p}/data"][rows]
+        moved = np.argsort(-np.abs(data[-1] - data[0]))[:max_neurons]
+        if p.startswith("value"):  # values relax by small amounts around large levels
+            ax.plot(t, data[:, moved] - data[0, moved], lw=1)
+            ax.set_ylabel(f"{p}\nx - x(0)", fontsize=8)
+        else:
+            ax.plot(t, data[:, moved], lw=1)
+            ax.set_ylabel(f"{p}\neps", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("inference time (ms)")
+    fig.suptitle(f"activity, {title}\n(the {max_neurons} neurons that move most)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _plot_energy(f, t, rows, title, path) -> Path:
+    """``E_l(t)`` per layer and their sum."""
+    import numpy as np
+    plt = _pyplot()
+    energy = f["pcsim/energy"][rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for l in range(energy.shape[1]):
+        if np.any(energy[:, l]):
+            ax.plot(t, energy[:, l], label=f"E_l{l}")
+    ax.plot(t, energy.sum(1), "k--", label="E")
+    positive = energy[energy > 0]
+    ax.set_yscale("symlog", linthresh=max(float(positive.min()) if positive.size else 1.0, 1e-15))
+    ax.set_xlabel("inference time (ms)")
+    ax.set_ylabel("free energy")
+    ax.set_title(f"energy per layer, {title}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _plot_raster(f, info, title, path) -> Path:
+    """Every event of the trial, one row per neuron, populations stacked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    offset, ticks = 0, []
+    start, stop = float(info["start"]), float(info["stop"])
+    for p in f["spikes"]:
+        ts = f[f"spikes/{p}/timestamps"][:]
+        ids = f[f"spikes/{p}/node_ids"][:]
+        sel = (ts >= start) & (ts < stop)
+        ax.scatter(ts[sel] - start, ids[sel] + offset, s=2, label=p)
+        n = f[f"report/{p}/data"].shape[1] if f"report/{p}" in f else int(ids.max(initial=0)) + 1
+        ticks.append((offset + n / 2, p))
+        offset += n
+    ax.set_yticks([tk for tk, _ in ticks], [p for _, p in ticks], fontsize=7)
+    ax.set_xlabel("inference time (ms)")
+    ax.set_title(f"events, {title}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return path

@@ -21,11 +21,6 @@ from pcsim.runfolder import ResumeCursor
 __all__ = ["build_trainer", "check_trainer", "run_device_name", "counting_enabled",
            "new_counter", "merge_counters", "EpochTotals", "TrainLoop"]
 
-#: trainers that apply ``grad_reducer`` (data-parallel). TODO(engines): declare this as a
-#: Capabilities field instead of a table here.
-_DATA_PARALLEL = {("torch", "pc"), ("torch", "bp")}
-
-
 def check_trainer(config, data_parallel: bool = False) -> None:
     """Raise ValueError if no registered trainer can run what ``config`` asks."""
     backend, rule = config.run.backend, config.learning.rule
@@ -40,9 +35,8 @@ def check_trainer(config, data_parallel: bool = False) -> None:
                         generative=config.network.mode == "generative",
                         device=config.run.device, dtype=config.run.dtype,
                         plastic=math.isfinite(config.dynamics.tau_w),
-                        batch_size=config.learning.batch_size)
-    if data_parallel and (backend, rule) not in _DATA_PARALLEL:
-        problems.append("data-parallel runs use the torch backend (run.backend: torch)")
+                        batch_size=config.learning.batch_size, data_parallel=data_parallel,
+                        projections=[layer.projection for layer in config.network.layers[1:]])
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -44,6 +44,12 @@ def make_network(sizes, activations, prec=None, mode="supervised") -> Network:
     return Network.from_config(NetworkConfig(mode=mode, layers=layers))
 
 
+def pairs(store) -> list:
+    """``[(W_l, b_l), ...]`` of a parameter store of dense projections, in layer order."""
+    n = sum(1 for name in store if name.startswith("W_"))
+    return [(store[f"W_{l}"], store[f"b_{l}"]) for l in range(1, n + 1)]
+
+
 def make_dynamics(**kwargs) -> DynamicsConfig:
     return DynamicsConfig(**kwargs)
 

@@ -25,7 +25,9 @@ def test_two_gloo_processes_equal_one_process(mnist_root, tmp_path):
     assert main(["run", config, "--nproc", "2", "--set", "run.name=two", *common]) == 0
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
-    for a, b in zip(one["params"]["W"] + one["params"]["b"], two["params"]["W"] + two["params"]["b"]):
+    assert list(one["params"]["tensors"]) == list(two["params"]["tensors"]) == [
+        "W_1", "b_1", "W_2", "b_2", "W_3", "b_3"]
+    for a, b in zip(one["params"]["tensors"].values(), two["params"]["tensors"].values()):
         assert_close(b, a, atol=1e-12)
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())

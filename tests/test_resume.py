@@ -72,8 +72,8 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(mnist_root, tmp_path
     whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
     cut = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert cut["epoch"] == whole["epoch"] == 3
-    for a, b in zip(cut["params"]["W"] + cut["params"]["b"],
-                    whole["params"]["W"] + whole["params"]["b"]):
+    assert list(cut["params"]["tensors"]) == list(whole["params"]["tensors"])
+    for a, b in zip(cut["params"]["tensors"].values(), whole["params"]["tensors"].values()):
         assert_close(a, b, atol=0)
     for sa, sb in zip(cut["optimizer"]["state"].values(), whole["optimizer"]["state"].values()):
         assert_close(sa["exp_avg"], sb["exp_avg"], atol=0)
@@ -109,6 +109,6 @@ def test_unstable_step_stops_with_the_guard_and_a_loadable_checkpoint(mnist_root
     assert "epoch 1, batch 0: non-finite" in err and "inference step" in err
     assert "dt / tau_x = 3 > 1" in err and "last good checkpoint" in err
     ckpt = torch.load(tmp_path / "u" / "checkpoint.pt", weights_only=True)
-    assert all(torch.isfinite(w).all() for w in ckpt["params"]["W"])
+    assert all(torch.isfinite(w).all() for w in ckpt["params"]["tensors"].values())
     with pytest.warns(UserWarning, match="more than a tenth"):
         assert main(["eval", str(tmp_path / "u"), "--data-root", str(mnist_root)]) == 0

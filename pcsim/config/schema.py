@@ -39,12 +39,31 @@ class _Section(BaseModel):
 
 
 class LayerConfig(_Section):
-    """One layer ``l``: ``size`` value neurons (and as many error neurons for l >= 1)."""
+    """One layer ``l``: value neurons of a ``shape`` (``size: n`` is the flat ``(n,)``), as
+    many error neurons for l >= 1, and the projection that predicts it from layer l-1."""
 
-    size: int = Field(gt=0, description="number of value neurons n_l")
+    size: Optional[int] = Field(None, gt=0, description="number of value neurons n_l (a flat layer)")
+    shape: Optional[tuple[Annotated[int, Field(gt=0)], ...]] = Field(
+        None, min_length=1, description="the layer's tensor shape: (n,) or (C, H, W); "
+        "give size or shape")
+    projection: Literal["dense"] = Field(
+        "dense", description="the map predicting this layer from the one below (l >= 1)")
     activation: Literal[ACTIVATIONS] = Field(
         "identity", description="f_l, applied to a_l = W_l x_{l-1} + b_l (unused for l = 0)")
     prec: float = Field(1.0, gt=0, description="precision prec_l = 1/sigma_l^2 (SPEC 1)")
+
+    @model_validator(mode="after")
+    def _size_or_shape(self):
+        if self.size is None and self.shape is None:
+            raise ValueError("give size (a flat layer of n neurons) or shape ((n,) or "
+                             "(C, H, W))")
+        if self.size is None:
+            object.__setattr__(self, "size", math.prod(self.shape))
+        elif self.shape is None:
+            object.__setattr__(self, "shape", (self.size,))
+        elif math.prod(self.shape) != self.size:
+            raise ValueError(f"size {self.size} does not match shape {self.shape}")
+        return self
 
 
 class NetworkConfig(_Section):
@@ -236,9 +255,6 @@ class ExperimentConfig(_Section):
             if self.data.target != "image":
                 raise ValueError("network.mode 'generative' clamps the data to the top layer: "
                                  "set data.target: image")
-            if self.learning.rule != "pc" or self.run.backend != "torch":
-                raise ValueError("network.mode 'generative' trains with learning.rule 'pc' on "
-                                 "run.backend 'torch'")
             if self.events.enabled:
                 raise ValueError("network.mode 'generative' with events.enabled is not "
                                  "supported yet")
@@ -253,22 +269,6 @@ class ExperimentConfig(_Section):
             raise ValueError("events.enabled with a finite dynamics.tau_w is not supported yet "
                              "(receivers would need their synaptic input re-sent after every "
                              "weight change)")
-        if self.run.backend == "brian2":
-            if self.events.enabled:
-                raise ValueError("run.backend 'brian2' does not execute events.enabled; "
-                                 "event mode runs on the torch backend")
-            if self.learning.rule == "bp":
-                raise ValueError("run.backend 'brian2' integrates PC dynamics; learning.rule "
-                                 "'bp' runs on the torch backend")
-            if self.run.dtype != "float64":
-                raise ValueError("run.backend 'brian2' computes in float64: set run.dtype: float64")
-            if self.run.device not in ("cpu", "auto"):
-                raise ValueError("run.backend 'brian2' runs on the CPU: set run.device: cpu")
-            if math.isfinite(self.dynamics.tau_w) and self.learning.batch_size != 1:
-                raise ValueError("run.backend 'brian2' with a finite tau_w needs "
-                                 "learning.batch_size: 1 (batch copies would learn apart)")
-        if self.traces.enabled and self.learning.rule == "bp":
-            raise ValueError("traces.enabled records PC dynamics (learning.rule: pc)")
-        if self.events.enabled and self.learning.rule == "bp":
-            raise ValueError("events.enabled applies to the PC engine (learning.rule: pc)")
+        # what a backend or rule cannot execute (brian2: events, float32, bp; bp: traces,
+        # events) is declared by its trainer and refused by pcsim.training.check_trainer
         return self

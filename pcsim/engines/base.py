@@ -75,7 +75,10 @@ class Capabilities:
     transmission (SPEC 3). ``traces``: records value and error trajectories.
     ``generative``: trains a generative network (free ``x_0``). ``devices``, ``dtypes``:
     where and in what it computes. ``batched_plasticity``: continuous plasticity (finite
-    ``tau_w``) with a batch larger than one.
+    ``tau_w``) with a batch larger than one. ``data_parallel``: applies a
+    ``grad_reducer`` (torch.distributed runs). ``projections``: the projection kinds it
+    runs (None: every kind its engine has a map for). ``learned_precision``: layers
+    whose precision is learned (SPEC 2.4).
     """
 
     counting: bool = True
@@ -85,6 +88,9 @@ class Capabilities:
     devices: tuple = ("cpu", "cuda", "auto")
     dtypes: tuple = ("float32", "float64")
     batched_plasticity: bool = True
+    data_parallel: bool = True
+    projections: Optional[tuple] = None
+    learned_precision: bool = True
 
 
 @runtime_checkable
@@ -128,7 +134,8 @@ TRAINERS = {
     ("brian2", "pc"): ("pcsim.engines.brian2.trainer:Brian2Trainer",
                        Capabilities(counting=False, events=False, generative=False,
                                     devices=("cpu", "auto"), dtypes=("float64",),
-                                    batched_plasticity=False)),
+                                    batched_plasticity=False, data_parallel=False,
+                                    projections=("dense",), learned_precision=False)),
 }
 
 #: Engine name -> "module:Class" (the PC rule of each backend).
@@ -178,7 +185,9 @@ def get_engine_class(name: str):
 
 
 def refusals(backend: str, rule: str, *, events: bool, traces: bool, generative: bool,
-             device: str, dtype: str, plastic: bool, batch_size: int) -> list[str]:
+             device: str, dtype: str, plastic: bool, batch_size: int,
+             data_parallel: bool = False, projections: Sequence[str] = ("dense",),
+             learned_precision: bool = False) -> list[str]:
     """What the trainer of ``backend``/``rule`` cannot do of what a config asks, as the
     messages a user reads (empty: it can do all of it)."""
     cap = capabilities(backend, rule)
@@ -201,4 +210,13 @@ def refusals(backend: str, rule: str, *, events: bool, traces: bool, generative:
     if plastic and batch_size != 1 and not cap.batched_plasticity:
         out.append(f"{who} with a finite tau_w needs learning.batch_size: 1 (batch copies "
                    "would learn apart)")
+    if data_parallel and not cap.data_parallel:
+        out.append(f"data-parallel runs use the torch backend; {who} runs in one process")
+    unknown = [k for k in projections if cap.projections is not None and k not in cap.projections]
+    if unknown:
+        out.append(f"{who} runs {' and '.join(cap.projections)} projections, not "
+                   f"{', '.join(sorted(set(unknown)))}; use run.backend: torch")
+    if learned_precision and not cap.learned_precision:
+        out.append(f"{who} keeps every precision fixed; learned precision runs on the torch "
+                   "backend")
     return out

@@ -37,10 +37,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 __all__ = [
     "VALUE_EQS", "ERROR_EQS", "ERROR_FIXED_EQS", "WEIGHT_EQS", "BIAS_EQS",
     "error_fixed_point", "error_rhs", "gated_error", "value_rhs", "weight_rhs", "bias_rhs",
-    "layer_energy", "prior_energy",
+    "layer_energy", "prior_energy", "per_sample_sum", "log_prec_sum", "prediction",
+    "pooled_gate",
 ]
 
 #: Value neuron, layer l: its own error against the feedback from the layer above.
@@ -92,16 +95,47 @@ def bias_rhs(local_grad, tau_w):
     return local_grad / tau_w
 
 
-def layer_energy(x, mu, prec, n):
-    """Return layer ``l``'s free energy per sample, ``0.5 prec ||x - mu||^2 - 0.5 n ln prec``.
+def per_sample_sum(v):
+    """Sum ``v`` of shape ``(batch, *layer_shape)`` over every neuron of the layer."""
+    return (v if v.ndim == 2 else v.reshape(v.shape[0], -1)).sum(-1)
 
-    ``x`` and ``mu`` have shape ``(batch, n)``; the result has shape ``(batch,)``.
+
+def log_prec_sum(prec, n):
+    """``sum_i ln prec_i`` over the ``n`` neurons of a layer, for a scalar precision or
+    one that broadcasts over the layer (per neuron, or per channel of ``(C, H, W)``)."""
+    if isinstance(prec, (int, float)):
+        return n * math.log(prec)
+    if hasattr(prec, "numel"):  # torch
+        return prec.log().sum() * (n // prec.numel())
+    return np.log(prec).sum() * (n // np.size(prec))
+
+
+def prediction(f_a, pool=None):
+    """Return ``mu = P(f(a))`` (SPEC 1): the activation, then the projection's pooling
+    ``P`` (None: the identity)."""
+    return f_a if pool is None else pool.forward(f_a)
+
+
+def pooled_gate(eps, f_prime_a, pool=None):
+    """Return ``g = f'(a) * P^T(eps)`` (SPEC 1): the error brought back through the
+    pooling's adjoint, then gated (``f_prime_a`` None: the identity activation)."""
+    back = eps if pool is None else pool.adjoint(eps)
+    return back if f_prime_a is None else gated_error(back, f_prime_a)
+
+
+def layer_energy(x, mu, prec, n):
+    """Return layer ``l``'s free energy per sample,
+    ``0.5 sum_i prec_i (x_i - mu_i)^2 - 0.5 sum_i ln prec_i`` over its ``n`` neurons.
+
+    ``x`` and ``mu`` have shape ``(batch, *layer_shape)``; ``prec`` is a number or an
+    array that broadcasts over the layer. The result has shape ``(batch,)``.
     """
     diff = x - mu
-    return 0.5 * prec * (diff * diff).sum(-1) - 0.5 * n * math.log(prec)
+    if isinstance(prec, (int, float)):
+        return 0.5 * prec * per_sample_sum(diff * diff) - 0.5 * n * math.log(prec)
+    return 0.5 * per_sample_sum(prec * diff * diff) - 0.5 * log_prec_sum(prec, n)
 
 
 def prior_energy(x0, prec_0):
     """Return the prior ``0.5 prec_0 ||x_0||^2`` on a free bottom layer, per sample."""
-    return 0.5 * prec_0 * (x0 * x0).sum(-1)
-
+    return 0.5 * prec_0 * per_sample_sum(x0 * x0)

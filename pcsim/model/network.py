@@ -2,47 +2,43 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Optional
 
 from pcsim.model.activations import Activation, get_activation
+from pcsim.model.projections import Dense, projection_class
 
 __all__ = ["Projection", "Layer", "Network"]
+
+#: the dense descriptor, under the name the engines and tests have always used
+Projection = Dense
 
 
 @dataclass(frozen=True)
 class Layer:
-    """Layer ``l``: ``size`` value neurons (and error neurons when ``l >= 1``)."""
+    """Layer ``l``: a tensor of value neurons of ``shape`` (``(n,)``, or ``(C, H, W)``),
+    and as many error neurons when ``l >= 1``.
 
-    index: int
-    size: int
-    activation: Activation
-    prec: float
-
-
-@dataclass(frozen=True)
-class Projection:
-    """Projection ``l``: predicts layer ``post = l`` from layer ``pre = l - 1``.
-
-    ``kind`` names the linear map: ``"dense"`` (a matrix ``n_post x n_pre``). A
-    convolutional kind adds its kernel geometry here; engines provide the forward map,
-    the adjoint and the weight-gradient map for each kind.
+    ``prec`` is the layer's precision ``1 / sigma_l^2``: fixed, or the starting value of
+    a learned precision when ``precision`` names one (a descriptor whose ``kind`` an
+    engine implements, SPEC 2.4; None keeps ``prec`` fixed).
     """
 
     index: int
-    n_pre: int
-    n_post: int
-    kind: Literal["dense"] = "dense"
+    shape: tuple
+    activation: Activation
+    prec: float
+    precision: Optional[Any] = None
+
+    def __post_init__(self):
+        if isinstance(self.shape, int):  # Layer(l, n, ...) is a flat layer of n neurons
+            object.__setattr__(self, "shape", (self.shape,))
 
     @property
-    def n_synapses(self) -> int:
-        """Number of plastic weights (dense: ``n_post * n_pre``)."""
-        return self.n_post * self.n_pre
-
-    @property
-    def macs(self) -> int:
-        """Multiply-accumulates of one forward (or adjoint) map per sample."""
-        return self.n_post * self.n_pre
+    def size(self) -> int:
+        """``n_l``, the number of value neurons (every sum over the layer runs over them)."""
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -70,10 +66,11 @@ class Network:
     @classmethod
     def from_config(cls, config) -> "Network":
         """Build from a :class:`pcsim.config.schema.NetworkConfig`."""
-        layers = tuple(Layer(l, spec.size, get_activation(spec.activation), spec.prec)
+        layers = tuple(Layer(l, spec.shape, get_activation(spec.activation), spec.prec)
                        for l, spec in enumerate(config.layers))
-        projections = tuple(Projection(l, layers[l - 1].size, layers[l].size)
-                            for l in range(1, len(layers)))
+        projections = tuple(
+            projection_class(spec.projection)(l, layers[l - 1].shape, layers[l].shape)
+            for l, spec in enumerate(config.layers) if l >= 1)
         return cls(layers, projections, config.mode, config.prec_0)
 
     @property
@@ -84,6 +81,10 @@ class Network:
     @property
     def sizes(self) -> tuple[int, ...]:
         return tuple(layer.size for layer in self.layers)
+
+    @property
+    def shapes(self) -> tuple[tuple, ...]:
+        return tuple(layer.shape for layer in self.layers)
 
     def clamped(self, phase: Literal["train", "test"] = "train") -> tuple[bool, ...]:
         """Which layers are clamped in ``phase`` (test: only the input, or only the data)."""

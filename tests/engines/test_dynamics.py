@@ -13,7 +13,7 @@ import torch
 from pcsim.engines.torch.engine import TorchEngine
 from pcsim.engines.torch.optim import make_optimizer
 from pcsim.config.schema import LearningConfig
-from tests.conftest import ROUNDOFF, assert_close, make_dynamics, make_network
+from tests.conftest import ROUNDOFF, assert_close, make_dynamics, make_network, pairs
 
 ACTS = ["identity", "tanh", "relu", "tanh", "identity"]
 SIZES = [6, 9, 7, 5, 4]
@@ -82,8 +82,8 @@ def test_euler_equals_discrete_update():
     eng = _engine(dt=0.5e-3, tau_x=5e-3, n_steps=9, prec=prec)
     eta_w = 0.05
     opt = make_optimizer(LearningConfig(optimizer="sgd", lr=eta_w), eng.parameters())
-    W = [w.numpy().copy() for w, _ in eng.params]
-    b = [bb.numpy().copy() for _, bb in eng.params]
+    W = [w.numpy().copy() for w, _ in pairs(eng.params)]
+    b = [bb.numpy().copy() for _, bb in pairs(eng.params)]
     for _ in range(3):
         x_in, target = _batch()
         x_ref, W, b = discrete_pc_reference(W, b, x_in.numpy(), target.numpy(), ACTS, prec,
@@ -93,7 +93,7 @@ def test_euler_equals_discrete_update():
         for l in range(len(SIZES)):
             assert_close(s.x[l], x_ref[l], atol=ROUNDOFF, what=f"x_{l}")
         eng.apply_gradients(eng.local_gradients(s), opt)
-        for l, (w, bb) in enumerate(eng.params):
+        for l, (w, bb) in enumerate(pairs(eng.params)):
             assert_close(w, W[l], atol=ROUNDOFF, what=f"W_{l + 1}")
             assert_close(bb, b[l], atol=ROUNDOFF, what=f"b_{l + 1}")
 
@@ -193,13 +193,13 @@ def test_linear_network_relaxes_to_linear_solve(tau_eps):
     sizes, acts, prec = [5, 8, 6, 7, 3], ["identity"] * 5, [1.0, 1.0, 0.8, 1.3, 0.6]
     eng = _engine(dt=0.2e-3, tau_x=10e-3, sizes=sizes, acts=acts, prec=prec, tau_eps=tau_eps)
     with torch.no_grad():
-        for _, bb in eng.params:
+        for _, bb in pairs(eng.params):
             bb.normal_(0, 0.3)
     x_in, target = _batch(sizes, 4)
     s = eng.init_state(x_in, target)
     eng.infer(s, 20000)  # 400 ms = 40 tau_x
-    W = [w.numpy() for w, _ in eng.params]
-    b = [bb.numpy() for _, bb in eng.params]
+    W = [w.numpy() for w, _ in pairs(eng.params)]
+    b = [bb.numpy() for _, bb in pairs(eng.params)]
     z = linear_equilibrium(W, b, prec, x_in.numpy(), target.numpy())
     assert_close(torch.cat(s.x[1:-1], 1), z, atol=1e-9)
 
@@ -213,21 +213,21 @@ def test_finite_tau_w_moves_weights_during_inference():
     x_in, target = _batch()
     s = eng.init_state(x_in, target)
     for _ in range(3):
-        before = [(w.clone(), bb.clone()) for w, bb in eng.params]
+        before = [(w.clone(), bb.clone()) for w, bb in pairs(eng.params)]
         g = [None] + [s.g[l].clone() for l in range(1, len(SIZES))]
         x = [t.clone() for t in s.x]
         eng.step(s)
         for l in range(1, len(SIZES)):
             w0, b0 = before[l - 1]
             expect_w = w0 + 1e-3 / 1.0 * (g[l].T @ x[l - 1] / 8 - 0.01 * w0)
-            assert_close(eng.params[l - 1][0], expect_w, atol=ROUNDOFF)
-            assert_close(eng.params[l - 1][1], b0 + 1e-3 * g[l].mean(0), atol=ROUNDOFF)
+            assert_close(pairs(eng.params)[l - 1][0], expect_w, atol=ROUNDOFF)
+            assert_close(pairs(eng.params)[l - 1][1], b0 + 1e-3 * g[l].mean(0), atol=ROUNDOFF)
 
 
 def _bp_gradients(eng, x_in, target):
     """Autograd gradients of 0.5 ||y - target||^2 (batch mean) for the same weights."""
-    W = [w.clone().requires_grad_(True) for w, _ in eng.params]
-    b = [bb.clone().requires_grad_(True) for _, bb in eng.params]
+    W = [w.clone().requires_grad_(True) for w, _ in pairs(eng.params)]
+    b = [bb.clone().requires_grad_(True) for _, bb in pairs(eng.params)]
     x = x_in
     for l, act in enumerate(eng.activations[1:]):
         x = act.f(x @ W[l].T + b[l], torch)
@@ -248,7 +248,7 @@ def test_weak_output_nudging_recovers_backprop():
         bp = torch.cat([g.flatten() for g in _bp_gradients(eng, x_in, target)])
         s = eng.init_state(x_in, target)
         eng.infer(s, 3000)
-        pc = torch.cat([dw.flatten() for dw, _ in eng.local_gradients(s)])
+        pc = torch.cat([dw.flatten() for dw, _ in pairs(eng.local_gradients(s))])
         cosines.append(float(pc @ bp / (pc.norm() * bp.norm())))
     assert all(a < b for a, b in zip(cosines, cosines[1:])), cosines
     assert cosines[-1] > 0.9999, cosines

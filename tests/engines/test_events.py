@@ -11,7 +11,7 @@ from pcsim.engines.torch.events import SigmaDelta
 from pcsim.engines.torch.optim import make_optimizer
 from pcsim.monitors import OpCounter
 from pcsim.model import pc_train_cost
-from tests.conftest import ROUNDOFF, assert_close, make_dynamics, make_network
+from tests.conftest import ROUNDOFF, assert_close, make_dynamics, make_network, pairs
 
 SIZES = [7, 6, 5, 4]
 ACTS = ["identity", "tanh", "sigmoid", "identity"]
@@ -42,7 +42,7 @@ def test_theta_zero_event_mode_equals_dense(tau_eps):
             eng.apply_gradients(eng.local_gradients(s), opt)
         for l in range(len(SIZES)):
             assert_close(states[1].x[l], states[0].x[l], atol=1e-12, what=f"x_{l}")
-    for (w_d, b_d), (w_e, b_e) in zip(dense.params, event.params):
+    for (w_d, b_d), (w_e, b_e) in zip(pairs(dense.params), pairs(event.params)):
         assert_close(w_e, w_d, atol=1e-12)
         assert_close(b_e, b_d, atol=1e-12)
 
@@ -129,7 +129,7 @@ def test_event_counts_by_hand():
     eng = TorchEngine(net, make_dynamics(dt=1e-3, tau_x=10e-3, n_steps=0), dtype=torch.float64,
                       events=EventsConfig(enabled=True, theta=0.5))
     with torch.no_grad():
-        eng.params[0][0].copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0], [2.0, 1.0]]))
+        pairs(eng.params)[0][0].copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0], [2.0, 1.0]]))
     eng.recorder = OpCounter()
     s = eng.init_state(torch.tensor([[1.0, 0.2]]), phase="test")
     c = eng.recorder.result()
@@ -161,7 +161,7 @@ def test_counts_match_neurobench_definitions():
     for events, dense in ((EventsConfig(enabled=True, theta=0.0), False), (None, True)):
         eng = TorchEngine(net, make_dynamics(n_steps=0), dtype=torch.float64, events=events)
         with torch.no_grad():
-            eng.params[0][0].copy_(weight)
+            pairs(eng.params)[0][0].copy_(weight)
         eng.recorder = OpCounter()
         eng.init_state(x0, phase="test")  # one message: x_0 from zero, at the feedforward start
         ops = eng.recorder.result().total("syn_ops_mac", target="W_1")

@@ -8,7 +8,7 @@ import torch
 
 from pcsim.engines.torch.engine import TorchEngine
 from pcsim.engines.torch.fast import pc_cycle
-from tests.conftest import ROUNDOFF, assert_close, make_dynamics, make_network
+from tests.conftest import ROUNDOFF, assert_close, make_dynamics, make_network, pairs
 
 
 class _Watch:
@@ -59,7 +59,7 @@ def test_fast_cycle_gradients_are_the_local_rule():
     grads, _, e1 = pc_cycle(eng.maps, eng.activations, eng.prec, eng.network.clamped("train"),
                             1.0, eng.dt, eng.tau_x, eng.n_steps, x0, target)
     assert_close(e1, eng.energy(s).mean(), atol=ROUNDOFF)
-    for (gw, gb), (ew, eb) in zip(grads, expected):
+    for (gw, gb), (ew, eb) in zip(pairs(grads), pairs(expected)):
         assert_close(gw, ew, atol=ROUNDOFF)
         assert_close(gb, eb, atol=ROUNDOFF)
 
@@ -95,7 +95,7 @@ def test_fast_cycle_within_the_wavefront(steps):
                             fast.network.clamped("train"), 1.0, fast.dt, fast.tau_x,
                             steps, x0, target)
     assert_close(e1, stepped.energy(s).mean(), atol=ROUNDOFF)
-    for l, ((gw, gb), (ew, eb)) in enumerate(zip(grads, expected), start=1):
+    for l, ((gw, gb), (ew, eb)) in enumerate(zip(pairs(grads), pairs(expected)), start=1):
         assert_close(gw, ew, atol=ROUNDOFF, what=f"W_{l}")
         assert_close(gb, eb, atol=ROUNDOFF, what=f"b_{l}")
         reached = l >= 4 - steps  # eps_4 at the start, one layer further down per step

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pcsim.engines.torch.engine import TorchEngine
-from tests.conftest import ROUNDOFF, assert_close, make_dynamics, make_network
+from tests.conftest import ROUNDOFF, assert_close, make_dynamics, make_network, pairs
 
 
 def _engine(sizes, acts, prec=None, prec_0=1.0, steps=20, dt=1e-3):
@@ -44,7 +44,7 @@ def test_linear_decoder_latent_is_regularised_least_squares(prec_0):
     precision p: inference converges to z* = (p W^T W + prec_0 I)^{-1} p W^T (d - b)."""
     p = 2.0
     eng = _engine([4, 9], ["identity", "identity"], prec=[1.0, p], prec_0=prec_0, dt=1e-3)
-    W, b = eng.params[0][0].numpy(), eng.params[0][1].numpy()
+    W, b = pairs(eng.params)[0][0].numpy(), pairs(eng.params)[0][1].numpy()
     data = torch.randn(5, 9, dtype=torch.float64)
     z = eng.encode(data)  # T = 20 steps is far from converged; run to equilibrium
     s = eng.init_state(None, data, phase="test")
@@ -62,7 +62,7 @@ def test_linear_two_layer_decoder_joint_equilibrium():
     p1, p2, prec_0 = 1.5, 0.7, 0.5
     eng = _engine([3, 5, 7], ["identity", "identity", "identity"], prec=[1.0, p1, p2],
                   prec_0=prec_0)
-    (W1, b1), (W2, b2) = [(w.numpy(), bb.numpy()) for w, bb in eng.params]
+    (W1, b1), (W2, b2) = [(w.numpy(), bb.numpy()) for w, bb in pairs(eng.params)]
     d = np.random.default_rng(1).normal(size=7)
     # dE/dx0 = prec_0 x0 - p1 W1^T (x1 - W1 x0 - b1) = 0
     # dE/dx1 = p1 (x1 - W1 x0 - b1) - p2 W2^T (d - W2 x1 - b2) = 0

@@ -6,7 +6,7 @@ import torch
 from pcsim.engines.torch.engine import TorchEngine
 from pcsim.engines.torch.optim import make_optimizer
 from pcsim.config.schema import LearningConfig
-from tests.conftest import assert_close, make_dynamics, make_network
+from tests.conftest import assert_close, make_dynamics, make_network, pairs
 
 pytestmark = pytest.mark.gpu
 
@@ -25,5 +25,5 @@ def test_cuda_train_batches_agree_with_cpu_in_float64():
         x, y = torch.randn(32, 20, dtype=torch.float64), torch.randn(32, 5, dtype=torch.float64)
         for eng, opt in zip(engines, opts):
             eng.train_batch(x.to(eng.device), y.to(eng.device), opt)
-    for (w_cpu, _), (w_gpu, _) in zip(engines[0].params, engines[1].params):
+    for (w_cpu, _), (w_gpu, _) in zip(pairs(engines[0].params), pairs(engines[1].params)):
         assert_close(w_gpu, w_cpu, atol=1e-10)

@@ -58,14 +58,14 @@ def test_update_in_the_graph_is_the_optimizer_step(name):
             a = eager.train_batch(x0, target, opts[0])
             b = fused.train_batch(x0, target, opts[1])
         # the first step is torch.optim's own (it creates the state); then the graph's
-        assert (fused._update is not None) == (batch > 0 or name == "sgd"), batch
+        assert (fused._fast._update is not None) == (batch > 0 or name == "sgd"), batch
         assert_close(b["energy_final"], a["energy_final"], atol=ROUNDOFF)
         for p, q in zip(eager.parameters(), fused.parameters()):
             assert_close(q, p, atol=ROUNDOFF, what=f"{name}, batch {batch}")
     for s, t in zip(_state_tensors(opts[0]), _state_tensors(opts[1]), strict=True):
         assert_close(t, s, atol=ROUNDOFF, what=f"{name} state")
     assert float(b["energy_final"]) < float(b["energy_initial"])
-    assert fused._cycle is None  # only the graph with the update was compiled
+    assert fused._fast._cycle is None  # only the graph with the update was compiled
 
 
 def test_diverged_cycle_leaves_weights_and_state_untouched():
@@ -76,7 +76,7 @@ def test_diverged_cycle_leaves_weights_and_state_untouched():
     opt = torch.optim.AdamW(fused.parameters(), lr=1e-2)
     for _ in range(2):
         fused.train_batch(*_batch(), opt)
-    assert isinstance(fused._update, GraphUpdate)
+    assert isinstance(fused._fast._update, GraphUpdate)
     weights = [p.clone() for p in fused.parameters()]
     state = [t.clone() for t in _state_tensors(opt)]
     x0, target = _batch()

@@ -47,7 +47,8 @@ class _CountingMap:
 
     def __init__(self, inner, tally):
         self.inner, self.tally = inner, tally
-        self.weight, self.bias = inner.weight, inner.bias
+        self.weight = inner.weight
+        self.tensors, self.decayed, self.pool = inner.tensors, inner.decayed, inner.pool
 
     def _add(self, rows):
         self.tally[0] += rows * self.weight.shape[0] * self.weight.shape[1]
@@ -60,12 +61,9 @@ class _CountingMap:
         self._add(g.shape[0])
         return self.inner.adjoint(g)
 
-    def weight_grad(self, g, x):
-        self._add(g.shape[0])
-        return self.inner.weight_grad(g, x)
-
-    def bias_grad(self, g):
-        return self.inner.bias_grad(g)
+    def local_grads(self, g, x):
+        self._add(g.shape[0])  # the weight-gradient map (the bias's is a mean of g)
+        return self.inner.local_grads(g, x)
 
     def frozen(self):
         return _CountingMap(self.inner.frozen(), self.tally)

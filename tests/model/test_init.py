@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pcsim.engines.torch.maps import init_parameters
+from pcsim.engines.torch.params import ParamStore
 from tests.conftest import make_network
 
 
@@ -22,7 +22,9 @@ def test_spread_and_bias(init, w_std, bias_bound):
     inside their bound; only uniform_fan_in (torch.nn.Linear's and equinox's default)
     draws biases, from the weights' bound."""
     net = make_network([300, 200], ["identity", "tanh"])
-    (w, b), = init_parameters(net, init, seed=1, device="cpu", dtype=torch.float64)
+    store = ParamStore.initial(net, init, seed=1, device="cpu", dtype=torch.float64)
+    assert list(store) == ["W_1", "b_1"]
+    w, b = store["W_1"], store["b_1"]
     assert abs(float(w.std()) / w_std - 1) < 0.02
     if "uniform" in init:
         assert float(w.abs().max()) <= math.sqrt(3) * w_std + 1e-12
@@ -30,5 +32,5 @@ def test_spread_and_bias(init, w_std, bias_bound):
         assert 0 < float(b.abs().max()) <= bias_bound and float(b.std()) > bias_bound / 3
     else:
         assert float(b.abs().max()) == 0.0
-    (w32, _), = init_parameters(net, init, seed=1, device="cpu", dtype=torch.float32)
+    w32 = ParamStore.initial(net, init, seed=1, device="cpu", dtype=torch.float32)["W_1"]
     assert torch.equal(w32, w.float())

@@ -15,13 +15,14 @@ import torch
 
 from pcsim.engines.base import BatchResult, capabilities
 from pcsim.engines.brian2.engine import Brian2Engine
-from pcsim.engines.torch.maps import PlasticParams, build_maps, init_parameters
+from pcsim.engines.torch.maps import build_maps
+from pcsim.engines.torch.params import ParamStore, StoreOwner, store_name
 from pcsim.model import equations as eq
 
 __all__ = ["Brian2Trainer"]
 
 
-class Brian2Trainer(PlasticParams):
+class Brian2Trainer(StoreOwner):
     """Train and evaluate a network with brian2 (CPU, float64)."""
 
     name = "brian2"
@@ -39,7 +40,15 @@ class Brian2Trainer(PlasticParams):
         if dynamics.stop_tol:
             raise ValueError("dynamics.stop_tol: the brian2 backend integrates all T steps "
                              "(convergence-based stopping runs on the torch backend)")
-        self.params = init_parameters(network, init, seed, self.device, self.dtype)
+        cap = self.capabilities  # a network built without a config is checked here too
+        refused = [f"layer {p.index}: projection {p.kind!r}" for p in network.projections
+                   if p.kind not in cap.projections] + [
+            f"layer {layer.index}: a learned precision" for layer in network.layers
+            if layer.precision is not None and not cap.learned_precision]
+        if refused:
+            raise ValueError(f"run.backend 'brian2' runs dense projections with fixed "
+                             f"precisions; {', '.join(refused)} runs on the torch backend")
+        self.params = ParamStore.initial(network, init, seed, self.device, self.dtype)
         self.maps = build_maps(network, self.params)  # the projections' weight-gradient maps
         self.engine = Brian2Engine(network, dynamics, self._numpy_params(),
                                    weight_decay=weight_decay, target=target)
@@ -56,7 +65,9 @@ class Brian2Trainer(PlasticParams):
                    weight_decay=config.learning.weight_decay, target=config.run.brian2_target)
 
     def _numpy_params(self):
-        return [(w.detach().numpy().copy(), b.detach().numpy().copy()) for w, b in self.params]
+        """``[(W_l, b_l), ...]`` as numpy copies, the brian2 engine's synapse values."""
+        return [tuple(self.params[store_name(name, l)].detach().numpy().copy() for name in "Wb")
+                for l in range(1, self.L + 1)]
 
     def layer_energies(self, xs) -> list:
         """``E_l`` per sample of the value states ``xs`` (numpy) under the current weights;
@@ -86,13 +97,13 @@ class Brian2Trainer(PlasticParams):
         final = [x[-1] for x in traj.x]
         e1 = self._energy(final)
         if math.isfinite(self.dynamics.tau_w):
-            for (w, b), w_new, b_new in zip(self.params, traj.weights, traj.biases):
-                w.copy_(torch.from_numpy(w_new))
-                b.copy_(torch.from_numpy(b_new))
+            for l, (w_new, b_new) in enumerate(zip(traj.weights, traj.biases), start=1):
+                self.params[f"W_{l}"].copy_(torch.from_numpy(w_new))
+                self.params[f"b_{l}"].copy_(torch.from_numpy(b_new))
         if optimizer is not None:
-            for (w, b), (dw, db) in zip(self.params, self.local_gradients(traj)):
-                w.grad = -dw
-                b.grad = -db
+            grads = self.local_gradients(traj)
+            for name, t in self.params.items():
+                t.grad = -grads[name]
             optimizer.step()
         return BatchResult(torch.tensor(e0), torch.tensor(e1), self.n_steps)
 
@@ -112,14 +123,15 @@ class Brian2Trainer(PlasticParams):
             on_frame(frame, [torch.from_numpy(x) for x in xs], eps, energies)
 
     @torch.no_grad()
-    def local_gradients(self, traj) -> list:
-        """``(-dE/dW_l, -dE/db_l)`` from brian2's final state, through each projection's
-        own weight-gradient map (the same one the torch engine uses, SPEC 2.3)."""
-        out = []
+    def local_gradients(self, traj) -> dict:
+        """``-dE/dtheta`` by store name from brian2's final state, through each
+        projection's own map (the same one the torch engine uses, SPEC 2.3)."""
+        out = {}
         for l in range(1, self.L + 1):
             g = torch.from_numpy(traj.g[l][-1])  # (B, n_l)
             x_pre = torch.from_numpy(traj.x[l - 1][-1])  # (B, n_{l-1})
-            out.append((self.maps[l].weight_grad(g, x_pre), self.maps[l].bias_grad(g)))
+            for local, grad in self.maps[l].local_grads(g, x_pre).items():
+                out[store_name(local, l)] = grad
         return out
 
     @torch.no_grad()

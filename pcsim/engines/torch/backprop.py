@@ -7,16 +7,17 @@ import torch
 
 from pcsim.engines.base import BatchResult, capabilities
 from pcsim.engines.torch import accounting as acc
-from pcsim.engines.torch.maps import PlasticParams, build_maps, init_parameters
+from pcsim.engines.torch.maps import build_maps
+from pcsim.engines.torch.params import ParamStore, StoreOwner
 from pcsim.model import equations as eq
 
 __all__ = ["BackpropTrainer"]
 
 
-class BackpropTrainer(PlasticParams):
+class BackpropTrainer(StoreOwner):
     """Train a :class:`~pcsim.model.Network` by backprop (autograd is fine here).
 
-    The parameters are drawn by the same :func:`init_parameters` as the PC engine's,
+    The parameters are drawn by the same :meth:`ParamStore.initial` as the PC engine's,
     so a PC run and a BP run with one seed start from identical weights.
     """
 
@@ -29,7 +30,7 @@ class BackpropTrainer(PlasticParams):
         self.device = torch.device(device)
         self.dtype = dtype
         self.L = network.n_layers
-        self.params = params or init_parameters(network, init, seed, self.device, dtype)
+        self.params = params or ParamStore.initial(network, init, seed, self.device, dtype)
         for t in self.parameters():
             t.requires_grad_(True)
         self.maps = build_maps(network, self.params)
@@ -38,7 +39,7 @@ class BackpropTrainer(PlasticParams):
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
-        from pcsim.engines.torch.engine import resolve_device
+        from pcsim.engines.torch.device import resolve_device
         from pcsim.model import Network
         network = network or Network.from_config(config.network)
         return cls(network, device=device or resolve_device(config.run.device),
@@ -93,9 +94,9 @@ class BackpropTrainer(PlasticParams):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_reducer is not None:  # data-parallel: average over all ranks
-                grads = self.grad_reducer([(w.grad, b.grad) for w, b in self.params])
-                for (w, b), (dw, db) in zip(self.params, grads):
-                    w.grad, b.grad = dw, db
+                grads = self.grad_reducer({k: t.grad for k, t in self.params.items()})
+                for name, t in self.params.items():
+                    t.grad = grads[name]
             optimizer.step()
         loss = loss.detach()
         return BatchResult(loss, loss, 0)

@@ -21,6 +21,7 @@ import torch
 from pcsim.engines.integrators import euler
 from pcsim.engines.torch import accounting as acc
 from pcsim.engines.torch.links import Links, Wire, build_links
+from pcsim.engines.torch.params import store_name
 from pcsim.model import equations as eq
 from pcsim.model.schedule import errors_after_feedforward
 
@@ -32,7 +33,7 @@ def free_energy(x, mu, prec, clamped, prec_0):
     ``x_0``. Lists ``x``, ``mu``, ``prec`` indexed by layer ``l = 0..L``."""
     total = 0.0 if clamped[0] else eq.prior_energy(x[0], prec_0)
     for l in range(1, len(x)):
-        total = total + eq.layer_energy(x[l], mu[l], prec[l], x[l].shape[1])
+        total = total + eq.layer_energy(x[l], mu[l], prec[l], math.prod(x[l].shape[1:]))
     return total
 
 
@@ -77,14 +78,19 @@ class Dynamics:
         Sigma-delta transmission of every signal when given.
     recorder, sink : optional
         Op recorder (SPEC 4) and event sink.
+    precisions : list, optional
+        Per layer, None (the layer's fixed ``prec``) or a learned precision
+        (:class:`~pcsim.engines.torch.params.LearnedPrecision`).
     """
 
     def __init__(self, network, maps, dt, tau_x, tau_eps=0.0, tau_w=math.inf,
-                 weight_decay=0.0, events=None, recorder=None, sink=None):
+                 weight_decay=0.0, events=None, recorder=None, sink=None, precisions=None):
         self.network, self.maps = network, maps
         self.L = network.n_layers
         self.activations = [layer.activation for layer in network.layers]
-        self.prec = [layer.prec for layer in network.layers]
+        self.precisions = precisions or [None] * (self.L + 1)
+        self._learned = [l for l, p in enumerate(self.precisions) if p is not None]
+        self._read_precisions()
         self.dt, self.tau_x, self.tau_eps, self.tau_w = dt, tau_x, tau_eps, tau_w
         self.plastic = math.isfinite(tau_w)
         self.weight_decay = weight_decay
@@ -119,13 +125,20 @@ class Dynamics:
         self._count_neurons(s, initial=True)
         return s
 
+    def _read_precisions(self):
+        """``prec[l]``: the fixed number, or the learned precision's current value."""
+        self.prec = [layer.prec if p is None else p.value()
+                     for layer, p in zip(self.network.layers, self.precisions)]
+
     def _predict(self, s, l, a):
+        """``a_l``, ``mu_l = P(f(a_l))`` and ``f'(a_l)`` (None for the identity)."""
         s.a[l] = a
-        act = self.activations[l]
+        act, pool = self.activations[l], self.maps[l].pool
         if act.is_identity:
-            s.mu[l], s.f_prime_a[l] = a, None
+            s.mu[l], s.f_prime_a[l] = eq.prediction(a, pool), None
         else:
-            s.mu[l], s.f_prime_a[l] = act.value_and_prime(a, torch)
+            f_a, s.f_prime_a[l] = act.value_and_prime(a, torch)
+            s.mu[l] = eq.prediction(f_a, pool)
 
     def _error(self, s, l, fixed=False):
         """Error neurons of layer ``l`` at their fixed point (``tau_eps = 0``, or
@@ -138,8 +151,7 @@ class Dynamics:
         self._gate(s, l)
 
     def _gate(self, s, l):
-        fp = s.f_prime_a[l]
-        s.g[l] = s.eps[l] if fp is None else eq.gated_error(s.eps[l], fp)
+        s.g[l] = eq.pooled_gate(s.eps[l], s.f_prime_a[l], self.maps[l].pool)
 
     # ------------------------------------------------------------------ the step
     def step(self, s: PCState, row) -> None:
@@ -162,12 +174,8 @@ class Dynamics:
             for l in range(1, L + 1):
                 s.eps[l] = euler(s.eps[l], dt, eq.error_rhs(s.eps[l], s.x[l], s.mu[l],
                                                             self.prec[l], self.tau_eps))
-        if self.plastic:  # 3. synapses, from the old g and x
-            for l in range(1, L + 1):
-                m = self.maps[l]
-                m.weight.copy_(euler(m.weight, dt, eq.weight_rhs(
-                    m.weight_grad(s.g[l], s.x[l - 1]), m.weight, self.weight_decay, self.tau_w)))
-                m.bias.copy_(euler(m.bias, dt, eq.bias_rhs(m.bias_grad(s.g[l]), self.tau_w)))
+        if self.plastic:  # 3. synapses (and learned precisions), from the old g and x
+            self._learn_continuously(s)
         s.x = new_x
         s.t += dt
         for l in range(1, L + 1):  # 4. predictions whose input (or weights) moved
@@ -217,20 +225,45 @@ class Dynamics:
         out = [eq.prior_energy(s.x[0], self.network.prec_0) if not s.clamped[0]
                else torch.zeros(rows, device=s.x[0].device, dtype=s.x[0].dtype)]
         for l in range(1, self.L + 1):
-            out.append(eq.layer_energy(s.x[l], s.mu[l], self.prec[l], s.x[l].shape[1]))
+            out.append(eq.layer_energy(s.x[l], s.mu[l], self.prec[l], self.network.layers[l].size))
         return out
 
-    def local_gradients(self, s: PCState) -> list:
-        """``(-dE/dW_l, -dE/db_l)`` per projection, batch means, from local quantities
-        only: the gated error after the synapse, the value before it (as sent)."""
-        grads = []
+    def local_gradients(self, s: PCState) -> dict:
+        """``-dE/dtheta`` for every learned tensor by its store name (``W_l``, ``b_l``, a
+        learned precision's tensors), batch means, from local quantities only: the gated
+        error after the synapse and the value before it (as sent); a layer's own values
+        and predictions for its precision."""
+        grads = {}
         for l in range(1, self.L + 1):
             pre = s.x[l - 1] if s.events is None else s.links.forward[l].sent
             g = torch.zeros_like(s.mu[l]) if s.g[l] is None else s.g[l]  # T below the depth
-            grads.append((self.maps[l].weight_grad(g, pre), self.maps[l].bias_grad(g)))
+            for local, grad in self.maps[l].local_grads(g, pre).items():
+                grads[store_name(local, l)] = grad
             if self.recorder is not None:
                 self._count_learning(s, l, pre, g)
+        for l in self._learned:
+            for local, grad in self.precisions[l].local_grads(s.x[l], s.mu[l]).items():
+                grads[store_name(local, l)] = grad
         return grads
+
+    def _learn_continuously(self, s: PCState) -> None:
+        """One Euler step of SPEC 2.2 for every projection's tensors (weight decay on
+        those its kind declares decayed) and of every learned precision (SPEC 2.4, at
+        its own ``tau``, else ``tau_w``), all from the old state."""
+        for l in range(1, self.L + 1):
+            m = self.maps[l]
+            for local, grad in m.local_grads(s.g[l], s.x[l - 1]).items():
+                t = m.tensors[local]
+                rhs = (eq.weight_rhs(grad, t, self.weight_decay, self.tau_w)
+                       if local in m.decayed else eq.bias_rhs(grad, self.tau_w))
+                t.copy_(euler(t, self.dt, rhs))
+        for l in self._learned:
+            p = self.precisions[l]
+            tau = self.tau_w if p.tau is None else p.tau
+            for local, grad in p.local_grads(s.x[l], s.mu[l]).items():
+                p.tensors[local].copy_(euler(p.tensors[local], self.dt, grad / tau))
+        if self._learned:
+            self._read_precisions()
 
     # ------------------------------------------------------------------ counting
     def _count_neurons(self, s, initial=False):
@@ -246,5 +279,5 @@ class Dynamics:
             n = rows * p.n_synapses
             acc.count_learning(self.recorder, f"W_{l}", n, s.links.wire.size, dense_macs=n)
         else:
-            n = ((pre != 0).sum(1) * (g != 0).sum(1)).sum()
+            n = ((pre != 0).flatten(1).sum(1) * (g != 0).flatten(1).sum(1)).sum()
             acc.count_learning(self.recorder, f"W_{l}", n, s.links.wire.size)

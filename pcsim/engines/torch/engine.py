@@ -15,53 +15,18 @@ from typing import Optional, Sequence
 import torch
 
 from pcsim.engines.base import BatchResult, capabilities
+from pcsim.engines.torch.compiled import FastPath
+from pcsim.engines.torch.device import resolve_device
 from pcsim.engines.torch.dynamics import Dynamics, PCState
-from pcsim.engines.torch.maps import PlasticParams, build_maps, frozen_maps, init_parameters
-from pcsim.engines.torch.optim import GraphUpdate
+from pcsim.engines.torch.hooks import FirstNonFinite, Frames
+from pcsim.engines.torch.maps import build_maps
+from pcsim.engines.torch.params import ParamStore, StoreOwner, build_precisions
 from pcsim.model.schedule import dense_schedule, inference_wavefront
 
 __all__ = ["PCState", "TorchEngine", "resolve_device"]
 
 
-def resolve_device(name: str) -> torch.device:
-    """Map ``"auto"`` to CUDA when present, else CPU; refuse CUDA when absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but torch sees no CUDA device; "
-                           "use --device cpu (or auto)")
-    return torch.device(name)
-
-
-class _Frames:
-    """A hook handing every ``every``-th state to ``on_frame`` (trace recording)."""
-
-    def __init__(self, dynamics, every, on_frame):
-        self.dynamics, self.every, self.on_frame = dynamics, every, on_frame
-
-    def on_step(self, engine, s, k):
-        if (k + 1) % self.every == 0:
-            self.on_frame((k + 1) // self.every, s.x, s.eps, self.dynamics.layer_energies(s))
-
-
-class _FirstNonFinite:
-    """A hook noting the first population that stops being finite (diagnosis)."""
-
-    def __init__(self):
-        self.found = None
-
-    def on_step(self, engine, s, k):
-        self.check(s, k + 1)
-
-    def check(self, s, step):
-        for l in range(len(s.x)):
-            for name, value in ((f"value_l{l}", s.x[l]), (f"error_l{l}", s.eps[l])):
-                if self.found is None and value is not None and not bool(
-                        torch.isfinite(value).all()):
-                    self.found = f"non-finite {name} (layer {l}) at inference step {step}"
-
-
-class TorchEngine(PlasticParams):
+class TorchEngine(StoreOwner):
     """Integrate value and error populations of a :class:`~pcsim.model.Network` in torch.
 
     Parameters
@@ -76,7 +41,7 @@ class TorchEngine(PlasticParams):
     init : str, default "xavier_uniform"
     weight_decay : float, default 0
         ``lambda`` of SPEC 2.2 for continuous plasticity (finite ``tau_w``).
-    params : list of [W, b], optional
+    params : ParamStore, optional
         Start from these tensors instead of a fresh draw.
     events : pcsim.config.schema.EventsConfig, optional
         Event-driven (sigma-delta) transmission when ``events.enabled``; else dense.
@@ -88,6 +53,8 @@ class TorchEngine(PlasticParams):
 
     Attributes
     ----------
+    params : ParamStore
+        Every learned tensor by name (``W_l``, ``b_l``, learned precisions).
     recorder : OpRecorder or None
         Receives op counts (SPEC 4) when set; None costs nothing.
     event_sink : EventSink or None
@@ -114,13 +81,13 @@ class TorchEngine(PlasticParams):
         self.stop_tol = dynamics.stop_tol
         self.plastic = math.isfinite(self.tau_w)
         self.L = network.n_layers
-        self.prec = [layer.prec for layer in network.layers]
         self.activations = [layer.activation for layer in network.layers]
         self._check_timescales()
         if params is None:
-            params = init_parameters(network, init, seed, self.device, dtype)
+            params = ParamStore.initial(network, init, seed, self.device, dtype)
         self.params = params
         self.maps = build_maps(network, params)
+        self.precisions = build_precisions(network, params)
         self.events = events if events is not None and events.enabled else None
         if self.events is not None and self.plastic:
             raise ValueError("event mode with a finite tau_w is not supported yet")
@@ -129,9 +96,7 @@ class TorchEngine(PlasticParams):
         self.grad_reducer = None
         self.compile = bool(compile)
         self._wavefront = inference_wavefront(network.clamped("train"), self.n_steps)
-        self._cycle = None  # the fast path, compiled on first use
-        self._update = None  # the optimizer's rule compiled with the cycle (GraphUpdate)
-        self._train_step = None
+        self._fast = FastPath(self)
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -163,7 +128,12 @@ class TorchEngine(PlasticParams):
         return Dynamics(self.network, self.maps if maps is None else maps, self.dt,
                         self.tau_x, self.tau_eps, self.tau_w, self.weight_decay, self.events,
                         self.recorder if observed else None,
-                        self.event_sink if observed else None)
+                        self.event_sink if observed else None, self.precisions)
+
+    @property
+    def prec(self) -> list:
+        """Every layer's current precision: its fixed number, or the learned value."""
+        return self._dynamics(observed=False).prec
 
     def _as_tensor(self, value):
         return torch.as_tensor(value, device=self.device, dtype=self.dtype)
@@ -174,7 +144,7 @@ class TorchEngine(PlasticParams):
         if x0 is None:
             if target is None:
                 raise ValueError("give x0 or target")
-            return torch.zeros(target.shape[0], self.network.layers[0].size,
+            return torch.zeros(target.shape[0], *self.network.layers[0].shape,
                                device=self.device, dtype=self.dtype), target
         return self._as_tensor(x0), target
 
@@ -249,9 +219,10 @@ class TorchEngine(PlasticParams):
         return self._dynamics().energy(s)
 
     @torch.no_grad()
-    def local_gradients(self, s: PCState) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Return ``(-dE/dW_l, -dE/db_l)`` for every projection, batch means, from local
-        quantities only: the gated error after the synapse, the value before it."""
+    def local_gradients(self, s: PCState) -> dict:
+        """Return ``-dE/dtheta`` for every learned tensor by store name (``W_l``, ``b_l``,
+        ...), batch means, from local quantities only: the gated error after the
+        synapse, the value before it."""
         return self._dynamics().local_gradients(s)
 
     @torch.no_grad()
@@ -267,7 +238,7 @@ class TorchEngine(PlasticParams):
             s = dyn.init_state(x0, target, clamped)
             on_frame(0, s.x, s.eps, dyn.layer_energies(s))
             dyn.run(s, self._dense_schedule(clamped, self.n_steps),
-                    [_Frames(dyn, every, on_frame)], engine=self)
+                    [Frames(dyn, every, on_frame)], engine=self)
         finally:
             self.event_sink = None
 
@@ -282,7 +253,7 @@ class TorchEngine(PlasticParams):
         else:
             cause = ("the weights or activity diverged: lower learning.lr (or dynamics.dt), "
                      "or check the precisions")
-        watch = _FirstNonFinite()
+        watch = FirstNonFinite()
         x0, target = self._inputs(x0, target)
         dyn = self._dynamics(observed=False)
         clamped = self.network.clamped("train")
@@ -329,67 +300,18 @@ class TorchEngine(PlasticParams):
         return (self.events is None and self.recorder is None and not hooks
                 and self.tau_eps == 0 and not self.plastic and not self.stop_tol)
 
-    def _cycle_descent(self, x0, target):
-        """The fast cycle returning ``dE/dW`` and ``dE/db`` (what an optimizer descends:
-        the negated local gradients) and the two energies."""
-        clamped = self.network.clamped("train")
-        dyn = self._dynamics(frozen_maps(self.maps, clamped), observed=False)
-        s = dyn.init_state(x0, target, clamped, zeros=False)
-        e0 = dyn.energy(s).mean()
-        dyn.run(s, self._wavefront)
-        grads = dyn.local_gradients(s)
-        return [(-dw, -db) for dw, db in grads], e0, dyn.energy(s).mean()
-
-    def _cycle_and_update(self, x0, target, kind, params, state, coef, hyper):
-        """The fast cycle and the optimizer's update (:class:`GraphUpdate`) as one
-        function, applied only when the final energy is finite."""
-        descent, e0, e1 = self._cycle_descent(x0, target)
-        GraphUpdate.apply(kind, params, [t for pair in descent for t in pair], state, coef,
-                          hyper, ok=torch.isfinite(e1))
-        return e0, e1
-
-    def _fast_cycle(self, x0, target, optimizer=None):
-        """Return the descent directions and the two energies of one fast cycle."""
-        if self.compile and optimizer is not None and self._fusable(optimizer):
-            # the optimizer's first step, which creates its state: the compiled graph
-            # that follows holds the update too, so the cycle alone is not compiled
-            return self._cycle_descent(x0, target)
-        if self._cycle is None:
-            self._cycle = (torch.compile(self._cycle_descent, dynamic=False) if self.compile
-                           else self._cycle_descent)
-        return self._cycle(x0, target)
-
-    def _fusable(self, optimizer) -> bool:
-        """True when the optimizer's update can join the compiled cycle: a rule
-        :class:`GraphUpdate` supports, and no data-parallel reducer between the two."""
-        return self.grad_reducer is None and GraphUpdate.supports(optimizer)
-
-    def _fused_update(self, optimizer) -> Optional[GraphUpdate]:
-        """The optimizer's rule to compile into the cycle's graph, or None (eager
-        engine, no optimizer, a rule it cannot take, or no optimizer state yet)."""
-        if not self.compile or optimizer is None or not self._fusable(optimizer):
-            return None
-        if self._update is None or self._update.optimizer is not optimizer:
-            if not GraphUpdate.ready(optimizer):
-                return None
-            self._update = GraphUpdate(optimizer)
-            if self._train_step is None:
-                self._train_step = torch.compile(self._cycle_and_update, dynamic=False)
-        return self._update
-
     @torch.no_grad()
-    def apply_gradients(self, grads, optimizer) -> None:
-        """Feed ``-grads`` (= dE/dW) to a torch optimizer and step it (after the
-        ``grad_reducer``, when data-parallel)."""
-        self._descend([(-dw, -db) for dw, db in grads], optimizer)
+    def apply_gradients(self, grads: dict, optimizer) -> None:
+        """Feed ``-grads`` (= dE/dtheta, by store name) to a torch optimizer and step it
+        (after the ``grad_reducer``, when data-parallel)."""
+        self._descend({k: -g for k, g in grads.items()}, optimizer)
 
-    def _descend(self, descent, optimizer) -> None:
-        """Step ``optimizer`` on ``descent`` = ``dE/dW, dE/db`` per projection."""
+    def _descend(self, descent: dict, optimizer) -> None:
+        """Step ``optimizer`` on ``descent`` = ``dE/dtheta`` by store name."""
         if self.grad_reducer is not None:  # a mean over ranks commutes with the sign
             descent = self.grad_reducer(descent)
-        for (w, b), (dw, db) in zip(self.params, descent):
-            w.grad = dw
-            b.grad = db
+        for name, t in self.params.items():
+            t.grad = descent[name]
         optimizer.step()
 
     @torch.no_grad()
@@ -397,19 +319,14 @@ class TorchEngine(PlasticParams):
         """One PC cycle: clamp, feedforward start, ``T`` inference steps, one learning step.
 
         The step function runs the wavefront when :meth:`fast_path_applies` (optionally
-        compiled with the optimizer's update), else the dense schedule through the links
-        (events, op counts, hooks, leaky errors, continuous plasticity).
+        compiled with the optimizer's update, :class:`~pcsim.engines.torch.compiled.FastPath`),
+        else the dense schedule through the links (events, op counts, hooks, leaky
+        errors, continuous plasticity).
         """
         descent = None
         if self.fast_path_applies(hooks):
             x0, target = self._inputs(x0, target)
-            update = self._fused_update(optimizer)
-            if update is not None:  # cycle and update in one graph, which applies the
-                coef, hyper, state = update.inputs()  # update only if e1 is finite
-                e0, e1 = self._train_step(x0, target, update.kind, update.params, state,
-                                          coef, hyper)
-            else:
-                descent, e0, e1 = self._fast_cycle(x0, target, optimizer)
+            descent, e0, e1 = self._fast.run(x0, target, optimizer)
             s, steps = None, self.n_steps
         else:
             s = self.init_state(x0, target, phase="train")

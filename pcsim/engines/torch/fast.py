@@ -4,15 +4,15 @@ It is :class:`~pcsim.engines.torch.dynamics.Dynamics` -- the one step function -
 the inference wavefront (:func:`pcsim.model.schedule.inference_wavefront`) with dense
 links, nothing counting and nothing watching: the products of exactly-zero errors and
 the predictions of unmoved values are skipped, and every tensor it returns is what the
-dense schedule computes. :meth:`TorchEngine._cycle_descent` is the same run on the
-engine's own maps, and what ``torch.compile`` fuses into one graph.
+dense schedule computes. :meth:`~pcsim.engines.torch.compiled.FastPath.descent` is the
+same run on an engine's own maps, and what ``torch.compile`` fuses into one graph.
 """
 
 from __future__ import annotations
 
 from pcsim.engines.torch.dynamics import Dynamics, free_energy
 from pcsim.engines.torch.maps import frozen_maps
-from pcsim.model.network import Layer, Network, Projection
+from pcsim.model.network import Layer, Network
 from pcsim.model.schedule import inference_wavefront
 
 __all__ = ["free_energy", "pc_cycle"]
@@ -40,14 +40,14 @@ def pc_cycle(maps, activations, prec, clamped, prec_0, dt, tau_x, n_steps, x0, t
 
     Returns
     -------
-    grads : list of (tensor, tensor)
-        ``(-dE/dW_l, -dE/db_l)`` batch means for ``l = 1..L``.
+    grads : dict
+        ``-dE/dtheta`` batch means by store name (``W_l``, ``b_l``).
     energy_initial, energy_final : tensor
         Batch-mean free energy after the feedforward start and after inference.
     """
-    sizes = [maps[1].weight.shape[1]] + [m.weight.shape[0] for m in maps[1:]]
-    layers = tuple(Layer(l, n, activations[l], prec[l]) for l, n in enumerate(sizes))
-    projections = tuple(Projection(l, sizes[l - 1], sizes[l]) for l in range(1, len(sizes)))
+    projections = tuple(m.projection for m in maps[1:])
+    shapes = [projections[0].pre_shape] + [p.post_shape for p in projections]
+    layers = tuple(Layer(l, shape, activations[l], prec[l]) for l, shape in enumerate(shapes))
     network = Network(layers, projections, prec_0=prec_0)
     dyn = Dynamics(network, frozen_maps(maps, clamped), dt, tau_x)
     s = dyn.init_state(x0, target, tuple(clamped), zeros=False)

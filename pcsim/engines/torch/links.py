@@ -82,7 +82,7 @@ class Link:
             self.wire.sink(self.sender, self.target, step, mask, payload)
         if self.wire.recorder is not None:
             self._count_events(mask, step)
-        return self.held + self.map.bias if self.direction == FORWARD else self.held
+        return self.map.with_bias(self.held) if self.direction == FORWARD else self.held
 
     def _count_dense(self, rows, step):
         rec = self.wire.recorder
@@ -101,6 +101,7 @@ class Link:
             adjoint = self.direction == ADJOINT
             fan = self.map.fan_in() if adjoint else self.map.fan_out()
             reached = self.map.reached(mask, adjoint=adjoint)
+            mask = mask if mask.ndim == 2 else mask.flatten(1)
         active = self.wire.active
         for name, m in ((self.sender, mask), (self.receiver, reached)):
             active[name] = m | active[name] if name in active else m
@@ -140,28 +141,30 @@ def build_links(network, maps, wire: Wire, batch: int, events=None, device=None,
                 dtype=None) -> Links:
     """The links of one batch: dense, or sigma-delta when ``events`` (an
     :class:`~pcsim.config.schema.EventsConfig`) is given, each unit starting at zero."""
-    L, sizes = network.n_layers, network.sizes
+    L, sizes, shapes = network.n_layers, network.sizes, network.shapes
 
-    def zeros(n):
-        return None if events is None else torch.zeros(batch, n, device=device, dtype=dtype)
+    def zeros(shape):
+        return None if events is None else torch.zeros(batch, *shape, device=device,
+                                                       dtype=dtype)
 
-    def coder(population, n):
+    def coder(population, shape):
         if events is None:
             return None
         sd = SigmaDelta(population, events.theta_for(population), events.payload == "integer")
-        sd.reset(zeros(n))
+        sd.reset(zeros(shape))
         return sd
 
     forward, feedback, error = [None] * (L + 1), [None] * (L + 1), [None] * (L + 1)
     for p in network.projections:
         l = p.index
         forward[l] = Link(wire, FORWARD, maps[l], f"W_{l}", f"value_l{l - 1}", f"error_l{l}",
-                          p.macs, p.n_pre, coder(f"value_l{l - 1}", sizes[l - 1]), zeros(sizes[l]))
+                          p.macs, p.n_pre, coder(f"value_l{l - 1}", shapes[l - 1]),
+                          zeros(p.out_shape))
         feedback[l - 1] = Link(wire, ADJOINT, maps[l], f"W_{l}^T", f"error_l{l}",
-                               f"value_l{l - 1}", p.macs, p.n_post, coder(f"error_l{l}", sizes[l]),
-                               zeros(sizes[l - 1]))
+                               f"value_l{l - 1}", p.macs, p.n_post, coder(f"error_l{l}", p.out_shape),
+                               zeros(shapes[l - 1]))
         error[l] = Link(wire, ONE_TO_ONE, None, f"eps_{l}->x_{l}", f"error_l{l}", f"value_l{l}",
-                        0, sizes[l], coder(f"error_l{l}", sizes[l]), zeros(sizes[l]))
+                        0, sizes[l], coder(f"error_l{l}", shapes[l]), zeros(shapes[l]))
     if events is not None:
         wire.integer = events.payload == "integer"
         wire.active = {}

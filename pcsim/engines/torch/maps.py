@@ -1,5 +1,11 @@
-"""Projection maps for the torch engine: forward ``W x + b``, adjoint ``W^T g`` and the
-local weight-gradient map, one class per projection kind.
+"""Projection maps for the torch engine, one class per projection kind, in a registry.
+
+A map pairs a projection descriptor (:mod:`pcsim.model.projections`) with its learned
+tensors (held in the :class:`~pcsim.engines.torch.params.ParamStore`) and gives what the
+dynamics and the op counters need of it: the forward map ``a = W x + b``, its adjoint
+``W^T g``, the local gradients of its tensors, and the fan-out of its synapses. A new
+projection kind is one class here, registered with :func:`register_map` under the
+descriptor's ``kind``; nothing else in the engine names a kind.
 """
 
 from __future__ import annotations
@@ -8,66 +14,162 @@ import math
 
 import torch
 
-__all__ = ["DenseMap", "PlasticParams", "init_parameters", "build_maps", "frozen_maps",
-           "params_state", "load_params"]
+__all__ = ["MAPS", "register_map", "map_class", "ProjectionMap", "DenseMap", "draw",
+           "build_maps", "frozen_maps"]
+
+#: projection kind -> map class
+MAPS: dict[str, type] = {}
 
 
-class DenseMap:
-    """A dense projection ``l``: ``W`` of shape ``(n_post, n_pre)`` and bias ``b``.
+def register_map(cls):
+    """Register a map class under its ``kind`` (a class decorator)."""
+    MAPS[cls.kind] = cls
+    return cls
 
-    The weight tensors are plain leaf tensors (no autograd); optimizers update them in
-    place, and every map method sees the update.
+
+def map_class(kind: str) -> type:
+    if kind not in MAPS:
+        raise KeyError(f"the torch engine has no map for projection kind {kind!r}; "
+                       f"valid: {sorted(MAPS)}")
+    return MAPS[kind]
+
+
+def draw(init: str, shape, fan_in: int, fan_out: int, generator) -> torch.Tensor:
+    """A float64 tensor of ``shape`` from the initialiser ``init`` with the given fans."""
+    if init == "xavier_uniform":
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+    elif init == "kaiming_uniform":
+        bound = math.sqrt(6.0 / fan_in)
+    elif init == "uniform_fan_in":  # torch.nn.Linear's and equinox.nn.Linear's default
+        bound = 1.0 / math.sqrt(fan_in)
+    elif init == "xavier_normal":
+        return torch.randn(shape, generator=generator, dtype=torch.float64) * math.sqrt(
+            2.0 / (fan_in + fan_out))
+    elif init == "kaiming_normal":
+        return torch.randn(shape, generator=generator, dtype=torch.float64) * math.sqrt(
+            2.0 / fan_in)
+    else:
+        raise KeyError(f"unknown init {init!r}; valid: xavier_uniform, xavier_normal, "
+                       "kaiming_uniform, kaiming_normal, uniform_fan_in")
+    return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+
+
+class ProjectionMap:
+    """What every map kind provides; a kind overrides the methods marked so.
+
+    ``tensors`` maps the descriptor's tensor names (``W``, ``b``, ...) to the store's
+    tensors; they are plain leaf tensors (no autograd in the PC loop) that optimizers
+    update in place, so every map method sees the update.
     """
+
+    kind = None
+    #: tensors that the weight decay ``lambda`` of continuous plasticity applies to
+    decayed = ("W",)
+    #: the pooling ``P`` after the activation (``forward``/``adjoint``), None: identity
+    pool = None
+
+    def __init__(self, projection, tensors: dict):
+        self.projection = projection
+        self.tensors = tensors
+
+    @classmethod
+    def init_tensors(cls, projection, init: str, generator) -> dict:
+        """Fresh float64 tensors (override): weights by ``init``, biases zero."""
+        raise NotImplementedError
+
+    def forward(self, x):  # override: a = W x + b, x of shape (B, *pre_shape)
+        raise NotImplementedError
+
+    def linear(self, x):  # override: W x without the bias (what events add to receivers)
+        raise NotImplementedError
+
+    def with_bias(self, u):  # override: u + b
+        raise NotImplementedError
+
+    def adjoint(self, g):  # override: W^T g, g of shape (B, *post_shape)
+        raise NotImplementedError
+
+    def local_grads(self, g, x_pre) -> dict:  # override: -dE/dtheta per tensor, batch means
+        raise NotImplementedError
+
+    def fan_out(self):  # override: nonzero weights leaving each pre neuron, (n_pre,)
+        raise NotImplementedError
+
+    def fan_in(self):  # override: nonzero weights an adjoint event of each post neuron reads
+        raise NotImplementedError
+
+    def reached(self, mask, adjoint: bool = False):  # override: receivers an event reaches
+        raise NotImplementedError
+
+    def frozen(self) -> "ProjectionMap":
+        """This map for one cycle of fixed weights (a kind may precompute there)."""
+        return self
+
+
+@register_map
+class DenseMap(ProjectionMap):
+    """A dense projection: ``W`` of shape ``(n_post, n_pre)`` and bias ``b``; a shaped pre
+    layer is read flat."""
 
     kind = "dense"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor,
-                 weight_t: torch.Tensor | None = None):
-        self.weight = weight
-        self.bias = bias
+    def __init__(self, projection, tensors: dict, weight_t: torch.Tensor | None = None):
+        super().__init__(projection, tensors)
+        self.weight, self.bias = tensors["W"], tensors["b"]
         self._weight_t = weight_t  # a row-major copy of W^T, only in a frozen map
+        self._pre_shape = tuple(projection.pre_shape)
+        self._flat = len(self._pre_shape) == 1
+
+    @classmethod
+    def init_tensors(cls, projection, init, generator) -> dict:
+        fan_in, fan_out = projection.fans
+        w = draw(init, (projection.n_post, projection.n_pre), fan_in, fan_out, generator)
+        b = torch.zeros(projection.n_post, dtype=torch.float64)
+        if init == "uniform_fan_in":  # biases too, from the same bound
+            b = (torch.rand(projection.n_post, generator=generator, dtype=torch.float64)
+                 * 2 - 1) * (1.0 / math.sqrt(fan_in))
+        return {"W": w, "b": b}
 
     @property
     def weight_t(self) -> torch.Tensor:
         """``W^T``: a transposed view, or the frozen map's row-major copy."""
         return self.weight.t() if self._weight_t is None else self._weight_t
 
+    def _in(self, x):
+        return x if self._flat else x.reshape(x.shape[0], -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``a = W x + b`` for a batch ``x`` of shape ``(batch, n_pre)``."""
-        return torch.addmm(self.bias, x, self.weight_t)  # (B, n_pre) @ (n_pre, n_post)
+        """Return ``a = W x + b`` for a batch ``x`` of shape ``(batch, *pre_shape)``."""
+        return torch.addmm(self.bias, self._in(x), self.weight_t)  # (B, n_pre) @ (n_pre, n_post)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        return self._in(x) @ self.weight_t
+
+    def with_bias(self, u):
+        return u + self.bias
 
     def adjoint(self, g: torch.Tensor) -> torch.Tensor:
         """Return ``W^T g`` for a batch ``g`` of shape ``(batch, n_post)``."""
-        return g @ self.weight  # (B, n_post) @ (n_post, n_pre)
+        out = g @ self.weight  # (B, n_post) @ (n_post, n_pre)
+        return out if self._flat else out.reshape(g.shape[0], *self._pre_shape)
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``W x`` without the bias (what one batch of events adds to receivers)."""
-        return x @ self.weight_t  # (B, n_pre) @ (n_pre, n_post)
+    def local_grads(self, g, x_pre) -> dict:
+        """``-dE/dW``: the batch mean of the outer product ``g x_pre^T``; ``-dE/db``: of ``g``."""
+        return {"W": self.weight_grad(g, x_pre), "b": g.mean(0)}
+
+    def weight_grad(self, g: torch.Tensor, x_pre: torch.Tensor) -> torch.Tensor:
+        return (g.t() @ self._in(x_pre)) / g.shape[0]  # (n_post, B) @ (B, n_pre)
 
     def fan_out(self) -> torch.Tensor:
-        """Nonzero weights leaving each pre neuron, shape ``(n_pre,)`` (float)."""
         return (self.weight != 0).sum(0).to(self.weight.dtype)
 
     def fan_in(self) -> torch.Tensor:
-        """Nonzero weights reached by an adjoint event of each post neuron, ``(n_post,)``."""
         return (self.weight != 0).sum(1).to(self.weight.dtype)
 
     def reached(self, mask: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
-        """Which receivers at least one event of ``mask`` reaches (through a nonzero weight)."""
         nz = (self.weight != 0).to(self.weight.dtype)
-        hits = mask.to(nz.dtype) @ (nz if adjoint else nz.t())
+        hits = self._in(mask).to(nz.dtype) @ (nz if adjoint else nz.t())
         return hits > 0
-
-    def weight_grad(self, g: torch.Tensor, x_pre: torch.Tensor) -> torch.Tensor:
-        """Return the batch mean of the local outer product ``g x_pre^T`` (= -dE/dW)."""
-        return (g.t() @ x_pre) / g.shape[0]  # (n_post, B) @ (B, n_pre)
-
-    def bias_grad(self, g: torch.Tensor) -> torch.Tensor:
-        """Return the batch mean of ``g`` (= -dE/db)."""
-        return g.mean(0)
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [self.weight, self.bias]
 
     def frozen(self) -> "DenseMap":
         """This map for a stretch in which ``W`` does not change (one PC cycle).
@@ -79,92 +181,17 @@ class DenseMap:
         transposing copy per cycle buys that for every inference step. The copy does not
         see later updates of ``W``: use a frozen map for one cycle only.
         """
-        return DenseMap(self.weight, self.bias, self.weight.t().contiguous())
+        return DenseMap(self.projection, self.tensors, self.weight.t().contiguous())
 
 
-def init_parameters(network, init: str, seed: int, device, dtype) -> list[list[torch.Tensor]]:
-    """Draw ``[W_l, b_l]`` for every projection from an explicit seed.
-
-    The draw happens on the CPU in float64 and is then cast, so CPU and CUDA runs, and
-    float32 and float64 runs, start from the same weights.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    params = []
-    for p in network.projections:
-        fan_in, fan_out = p.n_pre, p.n_post
-        if init == "xavier_uniform":
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            w = (torch.rand(fan_out, fan_in, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-        elif init == "xavier_normal":
-            std = math.sqrt(2.0 / (fan_in + fan_out))
-            w = torch.randn(fan_out, fan_in, generator=generator, dtype=torch.float64) * std
-        elif init == "kaiming_uniform":
-            bound = math.sqrt(6.0 / fan_in)
-            w = (torch.rand(fan_out, fan_in, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-        elif init == "kaiming_normal":
-            std = math.sqrt(2.0 / fan_in)
-            w = torch.randn(fan_out, fan_in, generator=generator, dtype=torch.float64) * std
-        elif init == "uniform_fan_in":  # torch.nn.Linear's and equinox.nn.Linear's default
-            bound = 1.0 / math.sqrt(fan_in)
-            w = (torch.rand(fan_out, fan_in, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-        else:
-            raise KeyError(f"unknown init {init!r}; valid: xavier_uniform, xavier_normal, "
-                           "kaiming_uniform, kaiming_normal, uniform_fan_in")
-        b = torch.zeros(fan_out, dtype=torch.float64)
-        if init == "uniform_fan_in":  # biases too, from the same bound
-            b = (torch.rand(fan_out, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-        params.append([w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)])
-    return params
-
-
-def build_maps(network, params) -> list:
-    """Return ``maps`` with ``maps[l]`` the projection predicting layer ``l`` (``maps[0]`` is None)."""
-    maps = [None]
-    for p, (w, b) in zip(network.projections, params):
-        if p.kind != "dense":
-            raise KeyError(f"unknown projection kind {p.kind!r}; valid: dense")
-        maps.append(DenseMap(w, b))
-    return maps
+def build_maps(network, store) -> list:
+    """``maps[l]`` for projection ``l`` over the store's tensors (``maps[0]`` is None)."""
+    return [None] + [map_class(p.kind)(p, store.projection(p.index))
+                     for p in network.projections]
 
 
 def frozen_maps(maps, clamped) -> list:
     """``maps`` for one cycle of fixed weights: a map that runs every step (its input is
-    free) holds ``W^T`` row-major (:meth:`DenseMap.frozen`); a clamped input's product
-    runs once anyway, so its map stays as it is."""
+    free) is :meth:`~ProjectionMap.frozen`; a clamped input's product runs once anyway,
+    so its map stays as it is."""
     return [None] + [m if clamped[l - 1] else m.frozen() for l, m in enumerate(maps) if l]
-
-
-def params_state(params, network) -> dict:
-    """The checkpoint form of ``[[W, b], ...]``: CPU copies and the precisions."""
-    return {"W": [w.detach().cpu() for w, _ in params],
-            "b": [b.detach().cpu() for _, b in params],
-            "prec": [layer.prec for layer in network.layers]}
-
-
-@torch.no_grad()
-def load_params(params, state: dict) -> None:
-    """Copy a checkpoint's weights into ``params`` in place, refusing other shapes."""
-    if len(state["W"]) != len(params) or len(state["b"]) != len(params):
-        raise ValueError(f"checkpoint has {len(state['W'])} projections, the network "
-                         f"{len(params)}")
-    for (w, b), w_new, b_new in zip(params, state["W"], state["b"]):
-        if w.shape != w_new.shape or b.shape != b_new.shape:
-            raise ValueError(f"checkpoint weights {tuple(w_new.shape)} do not fit the "
-                             f"network's {tuple(w.shape)}")
-        w.copy_(w_new)
-        b.copy_(b_new)
-
-
-class PlasticParams:
-    """The plastic tensors of a trainer (``self.params``: ``[W_l, b_l]`` per projection of
-    ``self.network``), flat for an optimizer and as a checkpoint dict."""
-
-    def parameters(self) -> list[torch.Tensor]:
-        """All plastic tensors, ``[W_1, b_1, ..., W_L, b_L]``."""
-        return [t for pair in self.params for t in pair]
-
-    def state_dict(self) -> dict:
-        return params_state(self.params, self.network)
-
-    def load_state_dict(self, state: dict) -> None:
-        load_params(self.params, state)
