@@ -1,28 +1,57 @@
-"""Data sets through torchvision, from a data root given by config, flag or ``PCSIM_DATA``."""
+"""Data sets through torchvision, from a data root given by config, flag or ``PCSIM_DATA``,
+and the optional augmentation of training batches."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 
 __all__ = ["DataError", "Dataset", "DatasetInfo", "dataset_info", "resolve_data_root",
-           "load_dataset", "iterate_batches", "batch_pair", "DEFAULT_DATA_ROOT", "DATA_ENV"]
+           "load_dataset", "iterate_batches", "batch_pair", "channel_stats",
+           "augment_generator", "augment_batch", "augment_train_batch",
+           "DEFAULT_DATA_ROOT", "DATA_ENV"]
 
 #: Environment variable naming the data root.
 DATA_ENV = "PCSIM_DATA"
 #: Data root used when neither config, flag nor environment names one.
 DEFAULT_DATA_ROOT = "~/.cache/pcsim/data"
 
-# name -> (torchvision class name, folder under the root, classes, train size, test size,
-#          image shape (channels, height, width))
+
+class _Spec(NamedTuple):
+    cls_name: str  # torchvision.datasets class
+    folder: str  # folder under the data root
+    n_classes: int
+    n_train: int
+    n_test: int
+    image_shape: tuple  # (channels, height, width)
+    # where the files live below root / folder, and what an offline copy must hold
+    files: str
+    offline: str
+    # torchvision's root argument is root / folder (CIFAR: it holds cifar-*-python/);
+    # False: it is the data root itself (MNIST: torchvision appends MNIST/raw)
+    root_is_folder: bool
+
+
+# Layout under the data root: torchvision's own, with one folder per data set, so a root
+# can hold them all: MNIST/raw/, FashionMNIST/raw/, CIFAR10/cifar-10-batches-py/,
+# CIFAR100/cifar-100-python/ (the extracted archives; the .tar.gz is not needed).
 _DATASETS = {
-    "mnist": ("MNIST", "MNIST", 10, 60000, 10000, (1, 28, 28)),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST", 10, 60000, 10000, (1, 28, 28)),
+    "mnist": _Spec("MNIST", "MNIST", 10, 60000, 10000, (1, 28, 28), "raw",
+                   "MNIST/raw/*-ubyte.gz", False),
+    "fashion_mnist": _Spec("FashionMNIST", "FashionMNIST", 10, 60000, 10000, (1, 28, 28),
+                           "raw", "FashionMNIST/raw/*-ubyte.gz", False),
+    "cifar10": _Spec("CIFAR10", "CIFAR10", 10, 50000, 10000, (3, 32, 32),
+                     "cifar-10-batches-py", "CIFAR10/cifar-10-batches-py/{data_batch_1..5, "
+                     "test_batch, batches.meta}, the extracted cifar-10-python.tar.gz", True),
+    "cifar100": _Spec("CIFAR100", "CIFAR100", 100, 50000, 10000, (3, 32, 32),
+                      "cifar-100-python", "CIFAR100/cifar-100-python/{train, test, meta}, "
+                      "the extracted cifar-100-python.tar.gz", True),
 }
 
 
@@ -44,8 +73,8 @@ def dataset_info(name: str) -> DatasetInfo:
     """Image shape and class count of the data set ``name``."""
     if name not in _DATASETS:
         raise DataError(f"unknown data set {name!r}; valid: {sorted(_DATASETS)}")
-    entry = _DATASETS[name]
-    return DatasetInfo(name, entry[5], entry[2])
+    spec = _DATASETS[name]
+    return DatasetInfo(name, spec.image_shape, spec.n_classes)
 
 
 class DataError(RuntimeError):
@@ -54,7 +83,12 @@ class DataError(RuntimeError):
 
 @dataclass
 class Dataset:
-    """A classification data set held as flat float tensors on one device."""
+    """A classification data set held as flat float tensors on one device.
+
+    A flat sample is the image in channel-major ``(C, H, W)`` order. ``mean`` and ``std``
+    are the per-channel statistics of the (full) training set in [0, 1] pixel units that
+    standardised the pixels (None when ``normalize`` was off).
+    """
 
     name: str
     train_x: torch.Tensor  # (N_train, n_0)
@@ -64,11 +98,13 @@ class Dataset:
     n_classes: int
     root: Path
     image_shape: Optional[tuple] = None  # (channels, height, width) of a flat sample
+    mean: Optional[tuple] = None  # per channel, of the training pixels in [0, 1]
+    std: Optional[tuple] = None
 
     def to(self, device, dtype) -> "Dataset":
         return Dataset(self.name, self.train_x.to(device, dtype), self.train_y.to(device),
                        self.test_x.to(device, dtype), self.test_y.to(device),
-                       self.n_classes, self.root, self.image_shape)
+                       self.n_classes, self.root, self.image_shape, self.mean, self.std)
 
     def one_hot(self, labels: torch.Tensor, dtype) -> torch.Tensor:
         return torch.nn.functional.one_hot(labels, self.n_classes).to(dtype)
@@ -83,23 +119,86 @@ def resolve_data_root(config_root: Optional[str] = None, flag_root: Optional[str
     raise AssertionError("unreachable")
 
 
-def _fail(name: str, root: Path, folder: str, why: str) -> DataError:
+def _fail(name: str, root: Path, spec: _Spec, why: str) -> DataError:
+    where = root / spec.folder / spec.files
+    looked = (f"{name}: could not load the data set from {where} ({why}).\n"
+              f"pcsim looked in the data root {root} (from --data-root, data.root in the "
+              f"config, ${DATA_ENV}, or the default {DEFAULT_DATA_ROOT}, in that order).\n")
+    if not spec.root_is_folder:  # MNIST: torchvision extracts the .gz files in place
+        return DataError(
+            looked + f"To fix: on a machine with internet, keep data.download: true and pcsim "
+            f"downloads it there; offline, copy the original files (torchvision's layout, "
+            f"{spec.offline}) into {where}, or point --data-root or ${DATA_ENV} at a "
+            f"writable folder that holds them.")
     return DataError(
-        f"{name}: could not load the data set from {root / folder / 'raw'} ({why}).\n"
-        f"pcsim looked in the data root {root} (from --data-root, data.root in the config, "
-        f"${DATA_ENV}, or the default {DEFAULT_DATA_ROOT}, in that order).\n"
-        f"To fix: on a machine with internet, keep data.download: true and pcsim downloads "
-        f"it there; offline, copy the original files (torchvision's layout, "
-        f"{folder}/raw/*-ubyte.gz) into {root / folder / 'raw'}, or point --data-root or "
-        f"${DATA_ENV} at a writable folder that holds them.")
+        looked + f"To fix: on a machine with internet, keep data.download: true and pcsim "
+        f"downloads and extracts it into {root / spec.folder}; offline, put the files "
+        f"(torchvision's layout, {spec.offline}) into {where}, or point --data-root or "
+        f"${DATA_ENV} at a folder that holds {spec.folder}/{spec.files}/ (it may be "
+        f"read-only).")
+
+
+def _open(cls, root: Path, train: bool, download: bool):
+    """One split through torchvision. With ``download``, files that are already there and
+    verify are used without calling ``download()`` (which would verify CIFAR's md5s a
+    second time, +0.4 s); only a failure falls back to torchvision's download."""
+    try:
+        return cls(str(root), train=train, download=False)
+    except Exception:  # noqa: BLE001 - the retry reports what is still wrong
+        if not download:
+            raise
+    return cls(str(root), train=train, download=True)
+
+
+def _flat_pixels(images, n: int) -> torch.Tensor:
+    """torchvision's images as flat float32 rows in [0, 1], channel-major: MNIST's
+    ``.data`` is a (N, H, W) uint8 tensor, CIFAR's a (N, H, W, C) uint8 numpy array."""
+    images = torch.as_tensor(images)
+    if images.ndim == 4:  # HWC -> CHW before flattening
+        images = images.permute(0, 3, 1, 2)
+    pixels = torch.empty(images.shape, dtype=torch.float32)
+    pixels.copy_(images)  # converts and transposes in one pass
+    return pixels.view(n, -1).div_(255.0)
+
+
+def _chw(images) -> tuple:
+    shape = tuple(images.shape[1:])
+    return (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1])
+
+
+def channel_stats(x: torch.Tensor, n_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) standard deviation of flat channel-major rows
+    ``x`` (N, C*H*W), as tensors of shape (C,) in ``x``'s dtype.
+
+    Each channel's statistics are ``.mean()`` and ``.std()`` over all of its elements (a
+    strided view, no copy), so for one channel they are bitwise the global ``x.mean()``
+    and ``x.std()`` that pcsim used before per-channel normalisation (reference runs
+    compare weights bitwise; a test holds it)."""
+    channels = x.view(x.shape[0], n_channels, -1)
+    return (torch.stack([channels[:, c].mean() for c in range(n_channels)]),
+            torch.stack([channels[:, c].std() for c in range(n_channels)]))
+
+
+def _standardise_(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x - mean_c) / std_c`` per channel, in place (the same float32 operations per
+    element as the out-of-place formula, without a second 600 MB copy for CIFAR)."""
+    c = mean.numel()
+    x.view(x.shape[0], c, -1).sub_(mean.view(1, c, 1)).div_(std.view(1, c, 1))
+    return x
 
 
 def load_dataset(name: str, root: Path, *, download: bool = True, normalize: bool = True,
                  limit_train: Optional[int] = None, limit_test: Optional[int] = None) -> Dataset:
-    """Load ``name`` (``mnist`` or ``fashion_mnist``) from ``root`` as flat float32 tensors.
+    """Load ``name`` (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``) from
+    ``root`` as flat float32 tensors, each row an image in (C, H, W) order.
 
-    Pixels are scaled to [0, 1] and, with ``normalize``, standardised by the mean and
-    standard deviation of the (full) training set.
+    Pixels are scaled to [0, 1] and, with ``normalize``, each channel is standardised by
+    the mean and standard deviation of that channel over the (full) training set; the
+    statistics are kept as ``Dataset.mean`` and ``Dataset.std``.
+
+    Layout under ``root``: ``MNIST/raw/``, ``FashionMNIST/raw/`` (torchvision extracts the
+    .gz files there, so the root must be writable), ``CIFAR10/cifar-10-batches-py/``,
+    ``CIFAR100/cifar-100-python/`` (read in place, read-only is fine).
 
     Raises
     ------
@@ -110,32 +209,43 @@ def load_dataset(name: str, root: Path, *, download: bool = True, normalize: boo
 
     if name not in _DATASETS:
         raise DataError(f"unknown data set {name!r}; valid: {sorted(_DATASETS)}")
-    cls_name, folder, n_classes, n_train, n_test, image_shape = _DATASETS[name]
-    cls = getattr(torchvision.datasets, cls_name)
+    spec = _DATASETS[name]
+    cls = getattr(torchvision.datasets, spec.cls_name)
     root = Path(root).expanduser()
+    tv_root = root / spec.folder if spec.root_is_folder else root
     try:
         if download:
-            root.mkdir(parents=True, exist_ok=True)
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
+            tv_root.mkdir(parents=True, exist_ok=True)
+        train = _open(cls, tv_root, True, download)
+        test = _open(cls, tv_root, False, download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, EOFError...
-        raise _fail(name, root, folder, f"{type(exc).__name__}: {exc}") from None
-    sizes = (len(train.targets), len(test.targets), tuple(train.data.shape[1:]))
-    if sizes[:2] != (n_train, n_test) or train.data.shape[0] != n_train:
-        raise _fail(name, root, folder, f"expected {n_train} train and {n_test} test images, "
-                    f"found {sizes[0]} and {sizes[1]}")
-    train_x = train.data.reshape(n_train, -1).to(torch.float32) / 255.0
-    test_x = test.data.reshape(n_test, -1).to(torch.float32) / 255.0
+        raise _fail(name, root, spec, f"{type(exc).__name__}: {exc}") from None
+    n_train, n_test = len(train.targets), len(test.targets)
+    if (n_train, n_test) != (spec.n_train, spec.n_test) or len(train.data) != n_train \
+            or len(test.data) != n_test:
+        raise _fail(name, root, spec, f"expected {spec.n_train} train and {spec.n_test} test "
+                    f"images, found {n_train} and {n_test}")
+    for split in (train, test):
+        if _chw(split.data) != spec.image_shape:
+            raise _fail(name, root, spec, f"expected images of shape {spec.image_shape} "
+                        f"(C, H, W), found {_chw(split.data)}")
+    train_x, test_x = _flat_pixels(train.data, n_train), _flat_pixels(test.data, n_test)
+    train_y, test_y = torch.as_tensor(train.targets).long(), torch.as_tensor(test.targets).long()
+    for labels in (train_y, test_y):
+        if labels.min() < 0 or labels.max() >= spec.n_classes:
+            raise _fail(name, root, spec, f"labels outside 0..{spec.n_classes - 1}")
+    mean = std = None
     if normalize:
-        mean, std = train_x.mean(), train_x.std()
-        train_x = (train_x - mean) / std
-        test_x = (test_x - mean) / std
-    train_y, test_y = train.targets.long(), test.targets.long()
+        mean_t, std_t = channel_stats(train_x, spec.image_shape[0])
+        train_x = _standardise_(train_x, mean_t, std_t)
+        test_x = _standardise_(test_x, mean_t, std_t)
+        mean, std = tuple(mean_t.tolist()), tuple(std_t.tolist())
     if limit_train:
         train_x, train_y = train_x[:limit_train], train_y[:limit_train]
     if limit_test:
         test_x, test_y = test_x[:limit_test], test_y[:limit_test]
-    return Dataset(name, train_x, train_y, test_x, test_y, n_classes, root, image_shape)
+    return Dataset(name, train_x, train_y, test_x, test_y, spec.n_classes, root,
+                   spec.image_shape, mean, std)
 
 
 def iterate_batches(n: int, batch_size: int, generator: Optional[torch.Generator] = None,
@@ -153,3 +263,109 @@ def batch_pair(config, data: Dataset, images, labels, dtype):
     if config.data.target == "label":
         return images, data.one_hot(labels, dtype)
     return (None if config.network.mode == "generative" else images), images
+
+
+# --- augmentation of training batches ------------------------------------------------
+
+
+def augment_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The CPU generator that draws the augmentation of training batch ``batch`` (0-based)
+    of ``epoch`` (1-based, as the training loop counts) in a run seeded ``seed``.
+
+    Its state is a function of ``(seed, epoch, batch)`` only (a BLAKE2b hash of the three
+    numbers seeds it), so a resumed run redraws exactly the augmentation it would have
+    drawn, with nothing in the checkpoint, and the data-order generator is not touched."""
+    key = b"".join(int(v).to_bytes(8, "little", signed=True) for v in (seed, epoch, batch))
+    digest = hashlib.blake2b(key, digest_size=8, person=b"pcsim-augment").digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+def augment_batch(x: torch.Tensor, image_shape: tuple, *, crop_padding: int = 0,
+                  hflip: bool = False, generator: Optional[torch.Generator] = None,
+                  fill=0.0, positions: Optional[torch.Tensor] = None,
+                  n_draw: Optional[int] = None) -> torch.Tensor:
+    """Random crop with padding and random horizontal flip of a flat batch.
+
+    ``x`` is (B, C*H*W) in channel-major order; the result has the same shape, dtype and
+    device. Each image is padded by ``crop_padding`` pixels on every side with ``fill``
+    (a number, or one value per channel) and cropped back to (H, W) at an offset
+    ``(dy, dx)`` drawn uniformly from ``0..2*crop_padding``: output pixel ``(i, j)`` is
+    padded pixel ``(i + dy, j + dx)``, i.e. input pixel ``(i + dy - p, j + dx - p)``. With
+    ``hflip`` each cropped image is then mirrored left-right with probability 1/2
+    (torchvision's ``RandomCrop(H, padding=p)`` then ``RandomHorizontalFlip()``). One
+    gather, no per-sample loop. With neither, ``x`` itself is returned.
+
+    Draws, on ``generator`` (CPU) and in this order: offsets ``randint(0, 2p+1, (n, 2))``
+    (if ``crop_padding``), then flips ``randint(0, 2, (n,))`` (if ``hflip``), for ``n =
+    n_draw`` samples (default B); sample ``b`` of ``x`` takes draw ``positions[b]``
+    (default ``b``). A data-parallel shard passes its positions in the global batch, so
+    each image gets the same augmentation on any number of processes.
+    """
+    p = int(crop_padding)
+    if p < 0:
+        raise ValueError(f"crop_padding must be >= 0, got {p}")
+    if p == 0 and not hflip:
+        return x
+    if image_shape is None or len(image_shape) != 3:
+        raise ValueError(f"augmentation needs an image shape (C, H, W), got {image_shape}")
+    c, h, w = image_shape
+    b = x.shape[0]
+    n = b if n_draw is None else int(n_draw)
+    if positions is None:
+        positions = torch.arange(b)
+    if len(positions) != b:
+        raise ValueError(f"{len(positions)} positions for a batch of {b}")
+    offsets = (torch.randint(0, 2 * p + 1, (n, 2), generator=generator) if p
+               else torch.zeros(n, 2, dtype=torch.long))
+    flips = (torch.randint(0, 2, (n,), generator=generator).bool() if hflip
+             else torch.zeros(n, dtype=torch.bool))
+    positions = positions.cpu()
+    offsets, flips = offsets[positions], flips[positions]
+    hp, wp = h + 2 * p, w + 2 * p
+    rows = offsets[:, :1] + torch.arange(h)  # (B, H): padded row of output row i
+    cols = offsets[:, 1:] + torch.arange(w)  # (B, W)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    index = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).to(x.device)
+    images = x.reshape(b, c, h, w)
+    if p:
+        padded = x.new_empty(b, c, hp, wp)
+        padded.copy_(torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+                     .reshape(-1, 1, 1).expand(c, hp, wp))
+        padded[:, :, p:p + h, p:p + w] = images
+    else:
+        padded = images
+    out = padded.reshape(b, c, hp * wp).gather(2, index.expand(b, c, h * w))
+    return out.reshape(b, c * h * w)
+
+
+def _black(data: Dataset) -> torch.Tensor:
+    """Per channel, the value a black pixel has in ``data``: ``(0 - mean) / std`` computed
+    in float32 as the data were standardised, or 0 for unnormalised data."""
+    c = data.image_shape[0]
+    if data.mean is None:
+        return torch.zeros(c)
+    mean = torch.tensor(data.mean, dtype=torch.float32)
+    return (torch.zeros(c) - mean) / torch.tensor(data.std, dtype=torch.float32)
+
+
+def augment_train_batch(config, data: Dataset, images: torch.Tensor, epoch: int, batch: int,
+                        n_global: Optional[int] = None,
+                        shard: Optional[Callable] = None) -> torch.Tensor:
+    """Apply ``config.data.augment`` to the training batch ``batch`` of ``epoch``.
+
+    The padding is black (pixel value 0 before normalisation), as torchvision's
+    ``RandomCrop(padding=p)`` pads the raw image before ``Normalize``; in pcsim's
+    standardised space that is ``-mean/std`` per channel, not 0. The draws come from
+    :func:`augment_generator` ``(learning.seed, epoch, batch)`` over the ``n_global``
+    samples of the whole batch; ``shard`` (the data-parallel shard of an index tensor)
+    picks this process's samples. Returns ``images`` unchanged when augmentation is off.
+    """
+    aug = config.data.augment
+    if not aug.crop_padding and not aug.hflip:
+        return images
+    n = len(images) if n_global is None else n_global
+    positions = torch.arange(n) if shard is None else shard(torch.arange(n))
+    return augment_batch(images, data.image_shape, crop_padding=aug.crop_padding,
+                         hflip=aug.hflip,
+                         generator=augment_generator(config.learning.seed, epoch, batch),
+                         fill=_black(data), positions=positions, n_draw=n)

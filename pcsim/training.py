@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from pcsim.data import batch_pair, iterate_batches
+from pcsim.data import augment_train_batch, batch_pair, iterate_batches
 from pcsim.engines.base import TRAINERS, capabilities, refusals, trainer_class
 from pcsim.monitors import OpCounter
 from pcsim.runfolder import ResumeCursor
@@ -36,7 +36,7 @@ def check_trainer(config, data_parallel: bool = False) -> None:
                         device=config.run.device, dtype=config.run.dtype,
                         plastic=math.isfinite(config.dynamics.tau_w),
                         batch_size=config.learning.batch_size, data_parallel=data_parallel,
-                        projections=[layer.projection for layer in config.network.layers[1:]])
+                        projections=[layer.projection.kind for layer in config.network.layers[1:]])
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -121,8 +121,10 @@ class TrainLoop:
             self.trainer.grad_reducer = (lambda grads, n=len(idx), m=n_global:
                                          self.par.reduce_grads(grads, n, m))
         idx = idx.to(self.device)
-        x0, target = batch_pair(self.config, self.data, self.data.train_x[idx],
-                                self.data.train_y[idx], self.dtype)
+        images = augment_train_batch(self.config, self.data, self.data.train_x[idx], epoch, k,
+                                     n_global, self.par.shard)  # identity unless data.augment
+        x0, target = batch_pair(self.config, self.data, images, self.data.train_y[idx],
+                                self.dtype)
         try:
             out = self.trainer.train_batch(x0, target, self.optimizer)
         except FloatingPointError as exc:

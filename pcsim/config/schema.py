@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from pcsim.units import parse_quantity
 
 __all__ = [
-    "ACTIVATIONS", "LayerConfig", "NetworkConfig", "DynamicsConfig", "LearningConfig",
+    "ACTIVATIONS", "ProjectionConfig", "LayerConfig", "NetworkConfig", "DynamicsConfig", "LearningConfig",
     "DataConfig", "RunConfig", "EventsConfig", "TracesConfig", "ExperimentConfig",
 ]
 
@@ -38,6 +38,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
+def _projection(value):
+    """``projection: dense`` is short for ``projection: {kind: dense}``."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
+class ProjectionConfig(_Section):
+    """The map predicting a layer from the one below: ``dense``, or ``conv2d`` with its
+    kernel geometry and an optional pooling after the activation (SPEC 1)."""
+
+    kind: Literal["dense", "conv2d"] = "dense"
+    kernel: int = Field(3, gt=0, description="conv2d: square kernel size k")
+    stride: int = Field(1, gt=0, description="conv2d: stride")
+    padding: int = Field(0, ge=0, description="conv2d: zero padding on each side")
+    pool: Literal["none", "avg", "max"] = Field(
+        "none", description="conv2d: pooling P after the activation, mu = P(f(a))")
+    pool_size: int = Field(2, gt=0, description="conv2d: pooling window and stride")
+
+    @model_validator(mode="after")
+    def _dense_has_no_geometry(self):
+        if self.kind == "dense":
+            odd = [k for k, v in (("kernel", 3), ("stride", 1), ("padding", 0),
+                                  ("pool", "none"), ("pool_size", 2)) if getattr(self, k) != v]
+            if odd:
+                raise ValueError(f"a dense projection has no {', '.join(odd)} "
+                                 "(use kind: conv2d)")
+        return self
+
+
 class LayerConfig(_Section):
     """One layer ``l``: value neurons of a ``shape`` (``size: n`` is the flat ``(n,)``), as
     many error neurons for l >= 1, and the projection that predicts it from layer l-1."""
@@ -46,8 +74,10 @@ class LayerConfig(_Section):
     shape: Optional[tuple[Annotated[int, Field(gt=0)], ...]] = Field(
         None, min_length=1, description="the layer's tensor shape: (n,) or (C, H, W); "
         "give size or shape")
-    projection: Literal["dense"] = Field(
-        "dense", description="the map predicting this layer from the one below (l >= 1)")
+    projection: Annotated[ProjectionConfig, BeforeValidator(_projection)] = Field(
+        default_factory=ProjectionConfig,
+        description="the map predicting this layer from the one below (l >= 1): dense, or "
+        "{kind: conv2d, kernel, stride, padding, pool, pool_size}")
     activation: Literal[ACTIVATIONS] = Field(
         "identity", description="f_l, applied to a_l = W_l x_{l-1} + b_l (unused for l = 0)")
     prec: float = Field(1.0, gt=0, description="precision prec_l = 1/sigma_l^2 (SPEC 1)")
@@ -119,8 +149,10 @@ class LearningConfig(_Section):
     rule: Literal["pc", "bp"] = "pc"
     optimizer: Literal["sgd", "adam", "adamw", "none"] = "adam"
     lr: float = Field(1e-3, gt=0, description="learning rate eta_w")
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="cosine: anneal lr to 0 over the epochs, stepped per epoch")
+    lr_schedule: Literal["constant", "cosine", "warmup_cosine"] = Field(
+        "constant", description="cosine: anneal lr to 0 over the epochs, stepped per epoch; "
+        "warmup_cosine: rise linearly over warmup_epochs first")
+    warmup_epochs: int = Field(0, ge=0, description="warmup_cosine: epochs of linear warmup")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="lambda in SPEC 2.2 (decoupled for adamw)")
     batch_size: int = Field(64, gt=0)
@@ -128,14 +160,31 @@ class LearningConfig(_Section):
     seed: int = Field(0, ge=0)
 
 
+class DataAugmentConfig(_Section):
+    """``data.augment``: random augmentation of training batches (off by default; test
+    batches are never augmented). Drawn per (learning.seed, epoch, batch), so a resumed
+    run redraws the same augmentation (``pcsim.data.augment_generator``)."""
+
+    crop_padding: int = Field(
+        0, ge=0, description="random crop: pad each side by this many black pixels "
+        "and crop back to the image size at a uniform random offset (torchvision's "
+        "RandomCrop(size, padding=p)); 0 = off")
+    hflip: bool = Field(False, description="mirror each training image left-right with "
+                        "probability 1/2 (after the crop)")
+
+
 class DataConfig(_Section):
     """The data set and where it lives."""
 
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100"] = "mnist"
     root: Optional[str] = Field(
         None, description="data root; the --data-root flag overrides it; without either, "
         "$PCSIM_DATA, else ~/.cache/pcsim/data")
-    normalize: bool = Field(True, description="standardise pixels by the training-set mean/std")
+    normalize: bool = Field(True, description="standardise each channel by the training "
+                            "set's per-channel mean/std")
+    augment: DataAugmentConfig = Field(
+        default_factory=DataAugmentConfig, description="training-batch augmentation: "
+        "{crop_padding: p, hflip: true|false}")
     download: bool = Field(True, description="let torchvision fetch missing files")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training images")
     limit_test: Optional[int] = Field(None, gt=0, description="use only the first N test images")

@@ -56,7 +56,7 @@ def pc_train_cost(network, n_steps: int, tau_w: float = math.inf,
     free = [not c for c in network.clamped("train")]
     plastic = math.isfinite(tau_w)
     ff = feedforward_cost(network).inference_macs
-    learn = sum(p.macs for p in network.projections)
+    learn = sum(p.grad_macs for p in network.projections)
     if wavefront:
         if plastic:
             raise ValueError("the wavefront schedule is for the discrete update (tau_w = inf)")
@@ -78,4 +78,4 @@ def bp_train_cost(network) -> DenseCost:
     the first (the input needs no gradient), and every weight gradient."""
     fwd = feedforward_cost(network).inference_macs
     bwd = sum(p.macs for p in network.projections[1:])
-    return DenseCost(fwd, bwd + fwd)
+    return DenseCost(fwd, bwd + sum(p.grad_macs for p in network.projections))

@@ -111,15 +111,16 @@ def log_prec_sum(prec, n):
 
 
 def prediction(f_a, pool=None):
-    """Return ``mu = P(f(a))`` (SPEC 1): the activation, then the projection's pooling
-    ``P`` (None: the identity)."""
-    return f_a if pool is None else pool.forward(f_a)
+    """Return ``(mu, route)`` with ``mu = P(f(a))`` (SPEC 1): the activation, then the
+    projection's pooling ``P`` (None: the identity). ``route`` is what the pooling's
+    adjoint needs of this evaluation (max pooling: the winners), or None."""
+    return (f_a, None) if pool is None else pool.forward(f_a)
 
 
-def pooled_gate(eps, f_prime_a, pool=None):
+def pooled_gate(eps, f_prime_a, pool=None, route=None):
     """Return ``g = f'(a) * P^T(eps)`` (SPEC 1): the error brought back through the
     pooling's adjoint, then gated (``f_prime_a`` None: the identity activation)."""
-    back = eps if pool is None else pool.adjoint(eps)
+    back = eps if pool is None else pool.adjoint(eps, route)
     return back if f_prime_a is None else gated_error(back, f_prime_a)
 
 

@@ -69,7 +69,8 @@ class Network:
         layers = tuple(Layer(l, spec.shape, get_activation(spec.activation), spec.prec)
                        for l, spec in enumerate(config.layers))
         projections = tuple(
-            projection_class(spec.projection)(l, layers[l - 1].shape, layers[l].shape)
+            projection_class(spec.projection.kind).from_spec(
+                l, layers[l - 1].shape, layers[l].shape, spec.projection)
             for l, spec in enumerate(config.layers) if l >= 1)
         return cls(layers, projections, config.mode, config.prec_0)
 

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
-__all__ = ["PROJECTIONS", "register", "projection_class", "Dense"]
+__all__ = ["PROJECTIONS", "register", "projection_class", "Dense", "Conv2d", "conv_out",
+           "ShapeError"]
 
 #: kind name -> descriptor class
 PROJECTIONS: dict[str, type] = {}
+
+
+class ShapeError(ValueError):
+    """A projection whose geometry does not fit the layers it joins."""
 
 
 def register(cls):
@@ -82,3 +87,126 @@ class Dense:
     def macs(self) -> int:
         """Multiply-accumulates of one forward (or adjoint) map per sample."""
         return self.n_post * self.n_pre
+
+    @property
+    def grad_macs(self) -> int:
+        """Multiply-accumulates of the weight-gradient map per sample."""
+        return self.n_post * self.n_pre
+
+    @classmethod
+    def from_spec(cls, index, pre_shape, post_shape, spec) -> "Dense":
+        return cls(index, tuple(pre_shape), tuple(post_shape))
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution along one axis."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _taps(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Pairs (output position, kernel tap) along one axis that land inside the input:
+    the multiply-accumulates per channel pair that a convolution really performs (taps
+    on the zero padding are no synapses)."""
+    out = conv_out(size, kernel, stride, padding)
+    return sum(1 for o in range(out) for k in range(kernel)
+               if 0 <= o * stride - padding + k < size)
+
+
+@register
+@dataclass(frozen=True)
+class Conv2d:
+    """A convolutional projection ``l`` from a ``(C_in, H, W)`` layer: kernel ``W_l`` of
+    shape ``(C_out, C_in, k, k)``, one bias per output channel, then optionally pooling
+    ``P_l`` (``"avg"`` or ``"max"``, window and stride ``pool_size``) after the
+    activation (SPEC 1: ``mu = P(f(a))``). ``post_shape`` is the layer's shape after
+    pooling; ``out_shape`` the shape of ``a_l``.
+    """
+
+    kind: ClassVar[str] = "conv2d"
+
+    index: int
+    pre_shape: tuple
+    post_shape: tuple
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 0
+    pool: Optional[str] = None
+    pool_size: int = 2
+
+    def __post_init__(self):
+        where = f"network.layers[{self.index}]"
+        if len(self.pre_shape) != 3:
+            raise ShapeError(f"{where}: a conv2d projection needs a (C, H, W) layer below it, "
+                             f"got layer {self.index - 1} of shape {tuple(self.pre_shape)}")
+        _, h, w = self.pre_shape
+        if self.kernel > min(h, w) + 2 * self.padding:
+            raise ShapeError(f"{where}: kernel {self.kernel} does not fit layer "
+                             f"{self.index - 1} of shape {tuple(self.pre_shape)} with padding "
+                             f"{self.padding}")
+        if self.pool not in (None, "avg", "max"):
+            raise ShapeError(f"{where}: pool {self.pool!r}; valid: avg, max, or none")
+        expect = self.pooled_shape(self.post_shape[0] if self.post_shape else 0)
+        if tuple(self.post_shape) != expect:
+            raise ShapeError(
+                f"{where}: conv2d (kernel {self.kernel}, stride {self.stride}, padding "
+                f"{self.padding}{', ' + self.pool + ' pool ' + str(self.pool_size) if self.pool else ''}) "
+                f"maps layer {self.index - 1} of shape {tuple(self.pre_shape)} to "
+                f"{expect}, but layer {self.index} has shape {tuple(self.post_shape)}")
+
+    def pooled_shape(self, channels: int) -> tuple:
+        """The layer shape this geometry gives for ``channels`` output channels."""
+        _, h, w = self.pre_shape
+        ho, wo = (conv_out(n, self.kernel, self.stride, self.padding) for n in (h, w))
+        if self.pool:
+            ho, wo = ho // self.pool_size, wo // self.pool_size
+        return (channels, ho, wo)
+
+    @property
+    def out_shape(self) -> tuple:
+        _, h, w = self.pre_shape
+        return (self.post_shape[0],) + tuple(
+            conv_out(n, self.kernel, self.stride, self.padding) for n in (h, w))
+
+    @property
+    def n_pre(self) -> int:
+        return math.prod(self.pre_shape)
+
+    @property
+    def n_post(self) -> int:
+        return math.prod(self.post_shape)
+
+    @property
+    def tensors(self) -> dict:
+        c_out, c_in = self.post_shape[0], self.pre_shape[0]
+        return {"W": (c_out, c_in, self.kernel, self.kernel), "b": (c_out,)}
+
+    @property
+    def fans(self) -> tuple[int, int]:
+        k2 = self.kernel * self.kernel
+        return self.pre_shape[0] * k2, self.post_shape[0] * k2
+
+    @property
+    def n_synapses(self) -> int:
+        """Plastic weights: the kernel's entries."""
+        return math.prod(self.tensors["W"])
+
+    @property
+    def macs(self) -> int:
+        """MACs of one convolution (or its transpose) per sample: every in-bounds
+        ``(output position, tap)`` pair times ``C_in * C_out``; also the sum of every
+        input neuron's fan-out, so ``theta = 0`` events count the same."""
+        _, h, w = self.pre_shape
+        taps = (_taps(h, self.kernel, self.stride, self.padding)
+                * _taps(w, self.kernel, self.stride, self.padding))
+        return self.pre_shape[0] * self.post_shape[0] * taps
+
+    @property
+    def grad_macs(self) -> int:
+        """MACs of the weight-gradient correlation per sample (SPEC 4:
+        ``C_out * C_in * k * k * H_out * W_out``)."""
+        return self.n_synapses * math.prod(self.out_shape[1:])
+
+    @classmethod
+    def from_spec(cls, index, pre_shape, post_shape, spec) -> "Conv2d":
+        return cls(index, tuple(pre_shape), tuple(post_shape), spec.kernel, spec.stride,
+                   spec.padding, None if spec.pool == "none" else spec.pool, spec.pool_size)

@@ -74,11 +74,13 @@ class TraceRecorder:
         for p in self.populations:
             kind, l = p.split("_l")
             state = xs[int(l)] if kind == "value" else eps[int(l)]
-            self.frames[p][:, frame] = state.float().cpu().numpy()
+            self.frames[p][:, frame] = state.float().reshape(state.shape[0], -1).cpu().numpy()
         self.energy[:, frame] = torch.stack(list(energies), 1).cpu().numpy()
 
     def sink(self, population, target_name, step, mask, payload) -> None:
         if population in self._events:
+            # a (C, H, W) population's node id is the C-order flat index of (c, h, w)
+            mask, payload = mask.flatten(1), payload.flatten(1)
             b, node = mask.nonzero(as_tuple=True)
             channel = 1 if target_name.startswith("eps") else 0
             self._events[population].append((b.cpu().numpy(), np.full(len(b), step),

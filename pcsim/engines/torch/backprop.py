@@ -7,7 +7,7 @@ import torch
 
 from pcsim.engines.base import BatchResult, capabilities
 from pcsim.engines.torch import accounting as acc
-from pcsim.engines.torch.maps import build_maps
+from pcsim.engines.torch.maps import as_layer, build_maps
 from pcsim.engines.torch.params import ParamStore, StoreOwner
 from pcsim.model import equations as eq
 
@@ -47,9 +47,12 @@ class BackpropTrainer(StoreOwner):
                    init=config.network.init)
 
     def forward(self, x0):
-        x = torch.as_tensor(x0, device=self.device, dtype=self.dtype)
+        x = as_layer(torch.as_tensor(x0, device=self.device, dtype=self.dtype),
+                     self.network.layers[0])
         for l in range(1, self.L + 1):
-            x = self.network.layers[l].activation.f(self.maps[l].forward(x), torch)
+            x, _ = eq.prediction(
+                self.network.layers[l].activation.f(self.maps[l].forward(x), torch),
+                self.maps[l].pool)
         return x
 
     @torch.no_grad()
@@ -74,14 +77,14 @@ class BackpropTrainer(StoreOwner):
         """Dense counts of backprop's backward pass and weight gradients."""
         rec, size = self.recorder, acc.itemsize(self.dtype)
         for p in self.network.projections:
-            n = rows * p.macs
             if p.index >= 2:  # gradient w.r.t. the input of projection l (not needed for x_0)
-                acc.count_backward(rec, f"W_{p.index}^T", n)
+                acc.count_backward(rec, f"W_{p.index}^T", rows * p.macs)
+            n = rows * p.grad_macs
             acc.count_learning(rec, f"W_{p.index}", n, size, dense_macs=n)
 
     def loss(self, x0, target):
         top = self.network.layers[self.L]
-        target = torch.as_tensor(target, device=self.device, dtype=self.dtype)
+        target = as_layer(torch.as_tensor(target, device=self.device, dtype=self.dtype), top)
         return eq.layer_energy(target, self.forward(x0), top.prec, top.size).mean()
 
     def train_batch(self, x0, target, optimizer=None, hooks=()) -> BatchResult:

@@ -40,12 +40,12 @@ class FastPath:
         dyn.run(s, eng._wavefront)
         return {k: -g for k, g in dyn.local_gradients(s).items()}, e0, dyn.energy(s).mean()
 
-    def _descent_and_update(self, x0, target, kind, params, state, coef, hyper):
+    def _descent_and_update(self, x0, target, kind, groups, index, state, coef, hyper):
         """The cycle and the optimizer's update as one function, applied only when the
         final energy is finite."""
         descent, e0, e1 = self.descent(x0, target)
-        GraphUpdate.apply(kind, params, list(descent.values()), state, coef, hyper,
-                          ok=torch.isfinite(e1))
+        GraphUpdate.apply_groups(kind, groups, index, list(descent.values()), state, coef,
+                                 hyper, ok=torch.isfinite(e1))
         return e0, e1
 
     def run(self, x0, target, optimizer=None):
@@ -54,8 +54,8 @@ class FastPath:
         update = self._fused_update(optimizer)
         if update is not None:  # the graph applies the update only if e1 is finite
             coef, hyper, state = update.inputs()
-            e0, e1 = self._train_step(x0, target, update.kind, update.params, state, coef,
-                                      hyper)
+            e0, e1 = self._train_step(x0, target, update.kind, update.params, update.index,
+                                      state, coef, hyper)
             return None, e0, e1
         if self.engine.compile and optimizer is not None and self._fusable(optimizer):
             # the optimizer's first step, which creates its state: the compiled graph
@@ -79,7 +79,7 @@ class FastPath:
         if self._update is None or self._update.optimizer is not optimizer:
             if not GraphUpdate.ready(optimizer):
                 return None
-            self._update = GraphUpdate(optimizer)
+            self._update = GraphUpdate(optimizer, self.engine.parameters())
             if self._train_step is None:
                 self._train_step = torch.compile(self._descent_and_update, dynamic=False)
         return self._update

@@ -56,6 +56,7 @@ class PCState:
     f_prime_a: list = field(default_factory=list)
     eps: list = field(default_factory=list)
     g: list = field(default_factory=list)
+    route: list = field(default_factory=list)
     t: float = 0.0
     step: int = 0
     links: Optional[Links] = None
@@ -106,7 +107,7 @@ class Dynamics:
         L = self.L
         s = PCState(x=[None] * (L + 1), clamped=clamped, a=[None] * (L + 1),
                     mu=[None] * (L + 1), f_prime_a=[None] * (L + 1), eps=[None] * (L + 1),
-                    g=[None] * (L + 1))
+                    g=[None] * (L + 1), route=[None] * (L + 1))
         s.x[0] = x0
         wire = Wire(self.recorder, self.sink, acc.itemsize(x0.dtype))
         s.links = build_links(self.network, self.maps, wire, x0.shape[0], self.events,
@@ -135,10 +136,10 @@ class Dynamics:
         s.a[l] = a
         act, pool = self.activations[l], self.maps[l].pool
         if act.is_identity:
-            s.mu[l], s.f_prime_a[l] = eq.prediction(a, pool), None
+            f_a, s.f_prime_a[l] = a, None
         else:
             f_a, s.f_prime_a[l] = act.value_and_prime(a, torch)
-            s.mu[l] = eq.prediction(f_a, pool)
+        s.mu[l], s.route[l] = eq.prediction(f_a, pool)
 
     def _error(self, s, l, fixed=False):
         """Error neurons of layer ``l`` at their fixed point (``tau_eps = 0``, or
@@ -151,7 +152,7 @@ class Dynamics:
         self._gate(s, l)
 
     def _gate(self, s, l):
-        s.g[l] = eq.pooled_gate(s.eps[l], s.f_prime_a[l], self.maps[l].pool)
+        s.g[l] = eq.pooled_gate(s.eps[l], s.f_prime_a[l], self.maps[l].pool, s.route[l])
 
     # ------------------------------------------------------------------ the step
     def step(self, s: PCState, row) -> None:
@@ -236,7 +237,7 @@ class Dynamics:
         grads = {}
         for l in range(1, self.L + 1):
             pre = s.x[l - 1] if s.events is None else s.links.forward[l].sent
-            g = torch.zeros_like(s.mu[l]) if s.g[l] is None else s.g[l]  # T below the depth
+            g = torch.zeros_like(s.a[l]) if s.g[l] is None else s.g[l]  # T below the depth
             for local, grad in self.maps[l].local_grads(g, pre).items():
                 grads[store_name(local, l)] = grad
             if self.recorder is not None:
@@ -276,8 +277,8 @@ class Dynamics:
         nonzero (event mode)."""
         p, rows = self.network.projections[l - 1], pre.shape[0]
         if s.events is None:
-            n = rows * p.n_synapses
+            n = rows * p.grad_macs
             acc.count_learning(self.recorder, f"W_{l}", n, s.links.wire.size, dense_macs=n)
         else:
-            n = ((pre != 0).flatten(1).sum(1) * (g != 0).flatten(1).sum(1)).sum()
+            n = self.maps[l].active_pairs(pre != 0, g != 0)
             acc.count_learning(self.recorder, f"W_{l}", n, s.links.wire.size)

@@ -19,8 +19,9 @@ from pcsim.engines.torch.compiled import FastPath
 from pcsim.engines.torch.device import resolve_device
 from pcsim.engines.torch.dynamics import Dynamics, PCState
 from pcsim.engines.torch.hooks import FirstNonFinite, Frames
-from pcsim.engines.torch.maps import build_maps
+from pcsim.engines.torch.maps import as_layer, build_maps
 from pcsim.engines.torch.params import ParamStore, StoreOwner, build_precisions
+from pcsim.model import equations as eq
 from pcsim.model.schedule import dense_schedule, inference_wavefront
 
 __all__ = ["PCState", "TorchEngine", "resolve_device"]
@@ -135,18 +136,23 @@ class TorchEngine(StoreOwner):
         """Every layer's current precision: its fixed number, or the learned value."""
         return self._dynamics(observed=False).prec
 
-    def _as_tensor(self, value):
-        return torch.as_tensor(value, device=self.device, dtype=self.dtype)
+    def _as_tensor(self, value, layer=None):
+        """``value`` on the engine's device and dtype; with ``layer``, each sample in
+        that layer's shape (a flat image becomes ``(C, H, W)`` and back)."""
+        t = torch.as_tensor(value, device=self.device, dtype=self.dtype)
+        if layer is None:
+            return t
+        return as_layer(t, self.network.layers[layer])
 
     def _inputs(self, x0, target):
         """``(x0, target)`` as tensors; a missing ``x0`` (generative) starts at zero."""
-        target = None if target is None else self._as_tensor(target)
+        target = None if target is None else self._as_tensor(target, self.L)
         if x0 is None:
             if target is None:
                 raise ValueError("give x0 or target")
             return torch.zeros(target.shape[0], *self.network.layers[0].shape,
                                device=self.device, dtype=self.dtype), target
-        return self._as_tensor(x0), target
+        return self._as_tensor(x0, 0), target
 
     @torch.no_grad()
     def init_state(self, x0=None, target=None, phase: str = "train",
@@ -287,9 +293,10 @@ class TorchEngine(StoreOwner):
         if self.events is not None or self.recorder is not None:
             only_input = (True,) + (False,) * self.L
             return self.init_state(x0, clamped=only_input).x[self.L]
-        x = self._as_tensor(x0)
+        x = self._as_tensor(x0, 0)
         for l in range(1, self.L + 1):
-            x = self.activations[l].f(self.maps[l].forward(x), torch)
+            x, _ = eq.prediction(self.activations[l].f(self.maps[l].forward(x), torch),
+                                 self.maps[l].pool)
         return x
 
     # ------------------------------------------------------------------ training

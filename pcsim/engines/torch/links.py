@@ -10,6 +10,7 @@ signals is written.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -94,19 +95,22 @@ class Link:
 
     def _count_events(self, mask, step):
         """``syn_ops`` adds each event's fan-out; sender and reached receivers are marked
-        active this tick."""
+        active this tick (as flat masks over their populations: an error population's
+        gated errors live before its pooling, its neurons after)."""
         if self.direction == ONE_TO_ONE:
-            fan, reached = None, mask
+            fan, sent, reached = None, mask, mask
+        elif self.direction == ADJOINT:
+            fan, sent = self.map.fan_in(), self.map.post_mask(mask)
+            reached = self.map.reached(mask, adjoint=True)
         else:
-            adjoint = self.direction == ADJOINT
-            fan = self.map.fan_in() if adjoint else self.map.fan_out()
-            reached = self.map.reached(mask, adjoint=adjoint)
-            mask = mask if mask.ndim == 2 else mask.flatten(1)
+            fan, sent = self.map.fan_out(), mask
+            reached = self.map.post_mask(self.map.reached(mask))
         active = self.wire.active
-        for name, m in ((self.sender, mask), (self.receiver, reached)):
+        for name, m in ((self.sender, sent), (self.receiver, reached)):
+            m = m.flatten(1)
             active[name] = m | active[name] if name in active else m
-        acc.count_events(self.wire.recorder, step, self.target, mask, fan, self.wire.integer,
-                         self.wire.size)
+        acc.count_events(self.wire.recorder, step, self.target, mask.flatten(1), fan,
+                         self.wire.integer, self.wire.size)
 
 
 @dataclass
@@ -161,7 +165,8 @@ def build_links(network, maps, wire: Wire, batch: int, events=None, device=None,
                           p.macs, p.n_pre, coder(f"value_l{l - 1}", shapes[l - 1]),
                           zeros(p.out_shape))
         feedback[l - 1] = Link(wire, ADJOINT, maps[l], f"W_{l}^T", f"error_l{l}",
-                               f"value_l{l - 1}", p.macs, p.n_post, coder(f"error_l{l}", p.out_shape),
+                               f"value_l{l - 1}", p.macs, math.prod(p.out_shape),
+                               coder(f"error_l{l}", p.out_shape),
                                zeros(shapes[l - 1]))
         error[l] = Link(wire, ONE_TO_ONE, None, f"eps_{l}->x_{l}", f"error_l{l}", f"value_l{l}",
                         0, sizes[l], coder(f"error_l{l}", shapes[l]), zeros(shapes[l]))

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["MAPS", "register_map", "map_class", "ProjectionMap", "DenseMap", "draw",
+__all__ = ["MAPS", "register_map", "map_class", "ProjectionMap", "DenseMap", "Conv2dMap",
+           "AvgPool", "MaxPool", "POOLS", "as_layer", "draw",
            "build_maps", "frozen_maps"]
 
 #: projection kind -> map class
@@ -101,9 +103,19 @@ class ProjectionMap:
     def reached(self, mask, adjoint: bool = False):  # override: receivers an event reaches
         raise NotImplementedError
 
+    def active_pairs(self, pre_mask, post_mask):  # override: nonzero-factor gradient terms
+        raise NotImplementedError
+
     def frozen(self) -> "ProjectionMap":
         """This map for one cycle of fixed weights (a kind may precompute there)."""
         return self
+
+    def post_mask(self, mask):
+        """A mask over ``a_l``'s positions as one over layer ``l``'s neurons (through the
+        pooling: a neuron is marked when any position of its window is)."""
+        if self.pool is None:
+            return mask
+        return F.max_pool2d(mask.to(torch.float32), self.pool.size) > 0
 
 
 @register_map
@@ -166,6 +178,10 @@ class DenseMap(ProjectionMap):
     def fan_in(self) -> torch.Tensor:
         return (self.weight != 0).sum(1).to(self.weight.dtype)
 
+    def active_pairs(self, pre_mask, post_mask):
+        """Synapse-sample pairs with a nonzero pre and post factor (event-mode learning)."""
+        return (self._in(pre_mask).sum(1) * post_mask.sum(1)).sum()
+
     def reached(self, mask: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
         nz = (self.weight != 0).to(self.weight.dtype)
         hits = self._in(mask).to(nz.dtype) @ (nz if adjoint else nz.t())
@@ -182,6 +198,145 @@ class DenseMap(ProjectionMap):
         see later updates of ``W``: use a frozen map for one cycle only.
         """
         return DenseMap(self.projection, self.tensors, self.weight.t().contiguous())
+
+
+class AvgPool:
+    """Average pooling over ``size x size`` windows (stride ``size``); its adjoint spreads
+    each error uniformly over its window, divided by the window's size (rows and
+    columns that the floor of the pooling drops get none)."""
+
+    def __init__(self, size: int, in_shape: tuple):
+        self.size, self.in_hw = size, tuple(in_shape[1:])
+
+    def forward(self, z):
+        return F.avg_pool2d(z, self.size), None
+
+    def adjoint(self, eps, route=None):
+        k = self.size
+        up = eps.repeat_interleave(k, 2).repeat_interleave(k, 3) / (k * k)
+        return _pad_to(up, self.in_hw)
+
+
+class MaxPool:
+    """Max pooling over ``size x size`` windows; its adjoint routes each error to the
+    position that won the max in the current evaluation (``route``)."""
+
+    def __init__(self, size: int, in_shape: tuple):
+        self.size, self.in_hw = size, tuple(in_shape[1:])
+
+    def forward(self, z):
+        return F.max_pool2d(z, self.size, return_indices=True)
+
+    def adjoint(self, eps, route):
+        return F.max_unpool2d(eps, route, self.size, output_size=self.in_hw)
+
+
+def _pad_to(x, hw):
+    """Zero-pad the last two axes of ``x`` up to ``hw``."""
+    dh, dw = hw[0] - x.shape[-2], hw[1] - x.shape[-1]
+    return x if dh == dw == 0 else F.pad(x, (0, dw, 0, dh))
+
+
+POOLS = {"avg": AvgPool, "max": MaxPool}
+
+
+@register_map
+class Conv2dMap(ProjectionMap):
+    """A convolution: kernel ``W`` ``(C_out, C_in, k, k)``, bias per output channel; the
+    adjoint is the transposed convolution, the weight gradient the correlation of ``g``
+    with ``x`` over the kernel window (``aten.convolution_backward``, no autograd)."""
+
+    kind = "conv2d"
+
+    def __init__(self, projection, tensors: dict):
+        super().__init__(projection, tensors)
+        self.weight, self.bias = tensors["W"], tensors["b"]
+        self.stride, self.padding = projection.stride, projection.padding
+        _, h, w = projection.pre_shape
+        _, ho, wo = projection.out_shape
+        k = projection.kernel
+        # output_padding makes the transpose land exactly on (H, W) when stride > 1
+        self._out_pad = tuple(n - ((o - 1) * self.stride - 2 * self.padding + k)
+                              for n, o in ((h, ho), (w, wo)))
+        if projection.pool:
+            self.pool = POOLS[projection.pool](projection.pool_size, projection.out_shape)
+
+    @classmethod
+    def init_tensors(cls, projection, init, generator) -> dict:
+        fan_in, fan_out = projection.fans
+        w = draw(init, projection.tensors["W"], fan_in, fan_out, generator)
+        c_out = projection.tensors["b"][0]
+        b = torch.zeros(c_out, dtype=torch.float64)
+        if init == "uniform_fan_in":  # torch.nn.Conv2d's default, as for dense
+            b = (torch.rand(c_out, generator=generator, dtype=torch.float64)
+                 * 2 - 1) * (1.0 / math.sqrt(fan_in))
+        return {"W": w, "b": b}
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def linear(self, x):
+        return F.conv2d(x, self.weight, None, self.stride, self.padding)
+
+    def with_bias(self, u):
+        return u + self.bias.view(-1, 1, 1)
+
+    def adjoint(self, g):
+        return F.conv_transpose2d(g, self.weight, None, self.stride, self.padding,
+                                  self._out_pad)
+
+    def local_grads(self, g, x_pre) -> dict:
+        """``-dE/dW``: the batch mean of the correlation of ``g`` with ``x_pre`` over each
+        tap; ``-dE/db``: of ``g`` summed over positions."""
+        _, dw, _ = torch.ops.aten.convolution_backward(
+            g, x_pre, self.weight, None, (self.stride,) * 2, (self.padding,) * 2, (1, 1),
+            False, (0, 0), 1, (False, True, False))
+        return {"W": dw / g.shape[0], "b": g.sum((2, 3)).mean(0)}
+
+    def active_pairs(self, pre_mask, post_mask):
+        """(tap, output position, channel pair, sample) terms of the weight-gradient
+        correlation with a nonzero pre and post factor (event-mode learning)."""
+        _, dw, _ = torch.ops.aten.convolution_backward(
+            post_mask.to(self.weight.dtype), pre_mask.to(self.weight.dtype), self.weight,
+            None, (self.stride,) * 2, (self.padding,) * 2, (1, 1), False, (0, 0), 1,
+            (False, True, False))
+        return dw.sum()
+
+    def _nz(self):
+        return (self.weight != 0).to(self.weight.dtype)
+
+    def fan_out(self):
+        """Nonzero kernel entries each input neuron reaches inside the output (fewer at
+        the borders and between strides), flat ``(n_pre,)``."""
+        ones = torch.ones(1, *self.projection.out_shape, dtype=self.weight.dtype,
+                          device=self.weight.device)
+        return F.conv_transpose2d(ones, self._nz(), None, self.stride, self.padding,
+                                  self._out_pad).flatten()
+
+    def fan_in(self):
+        """Nonzero kernel entries inside the input that an adjoint event of each output
+        neuron reads, flat."""
+        ones = torch.ones(1, *self.projection.pre_shape, dtype=self.weight.dtype,
+                          device=self.weight.device)
+        return F.conv2d(ones, self._nz(), None, self.stride, self.padding).flatten()
+
+    def reached(self, mask, adjoint: bool = False):
+        m = mask.to(self.weight.dtype)
+        hits = (F.conv_transpose2d(m, self._nz(), None, self.stride, self.padding,
+                                   self._out_pad) if adjoint
+                else F.conv2d(m, self._nz(), None, self.stride, self.padding))
+        return hits > 0
+
+
+def as_layer(t: torch.Tensor, layer) -> torch.Tensor:
+    """A batch ``t`` with each sample in ``layer``'s shape (a reshape; a clear error when
+    the sizes differ)."""
+    if tuple(t.shape[1:]) == layer.shape:
+        return t
+    if t[0].numel() != layer.size:
+        raise ValueError(f"layer {layer.index} has shape {layer.shape} ({layer.size} "
+                         f"neurons); got samples of shape {tuple(t.shape[1:])}")
+    return t.reshape(t.shape[0], *layer.shape)
 
 
 def build_maps(network, store) -> list:

@@ -48,7 +48,18 @@ def make_scheduler(learning, optimizer):
         return None
     if learning.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(learning.epochs, 1))
-    raise KeyError(f"unknown lr_schedule {learning.lr_schedule!r}; valid: constant, cosine")
+    if learning.lr_schedule == "warmup_cosine":
+        warm = min(learning.warmup_epochs, max(learning.epochs - 1, 0))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(learning.epochs - warm, 1))
+        if warm == 0:
+            return cosine
+        # the first epoch runs at lr / (warm + 1), rising linearly to lr after warm epochs
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warm + 1),
+                                                 total_iters=warm)
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], [warm])
+    raise KeyError(f"unknown lr_schedule {learning.lr_schedule!r}; valid: constant, cosine, "
+                   "warmup_cosine")
 
 
 class GraphUpdate:
@@ -56,7 +67,8 @@ class GraphUpdate:
     cycle that makes the gradients.
 
     Supports SGD (momentum, dampening, Nesterov, weight decay) and Adam/AdamW (coupled or
-    decoupled weight decay) with one parameter group. It reads the hyperparameters from
+    decoupled weight decay), with any number of parameter groups (each its own
+    hyperparameters, e.g. a learning rate for precisions apart from the weights). It reads the hyperparameters from
     the optimizer's group and updates the optimizer's own state tensors (``exp_avg``,
     ``exp_avg_sq``, ``step``; ``momentum_buffer``). So checkpoints, ``load_state_dict``
     and learning-rate schedules see what ``optimizer.step()`` would leave. Tests hold it
@@ -78,21 +90,26 @@ class GraphUpdate:
 
     KINDS = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adam"}
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer, order=None):
         if not self.ready(optimizer):
             raise ValueError(f"{type(optimizer).__name__} cannot run in the compiled graph "
                              "(or has no state yet)")
         self.optimizer = optimizer
         self.kind = self.KINDS[type(optimizer)]
-        self.params = list(optimizer.param_groups[0]["params"])
+        self.params = [list(g["params"]) for g in optimizer.param_groups]
+        # position of every group's tensors among the gradients handed to apply (which
+        # come in ``order``, the trainer's parameter order; default: the groups' own)
+        order = [p for group in self.params for p in group] if order is None else list(order)
+        where = {id(p): i for i, p in enumerate(order)}
+        self.index = [[where[id(p)] for p in group] for group in self.params]
 
     @classmethod
     def supports(cls, optimizer) -> bool:
-        """True for SGD, Adam and AdamW with one parameter group and no AMSGrad."""
-        if type(optimizer) not in cls.KINDS or len(optimizer.param_groups) != 1:
+        """True for SGD, Adam and AdamW (any number of parameter groups) without AMSGrad."""
+        if type(optimizer) not in cls.KINDS:
             return False
-        group = optimizer.param_groups[0]
-        return not (group.get("amsgrad") or group.get("differentiable"))
+        return not any(g.get("amsgrad") or g.get("differentiable")
+                       for g in optimizer.param_groups)
 
     @classmethod
     def ready(cls, optimizer) -> bool:
@@ -100,38 +117,51 @@ class GraphUpdate:
         (torch.optim creates it in the first ``step()``; plain SGD has none)."""
         if not cls.supports(optimizer):
             return False
-        group = optimizer.param_groups[0]
-        if type(optimizer) is torch.optim.SGD and group["momentum"] == 0:
-            return True
-        return all(optimizer.state.get(p) for p in group["params"])
+        for group in optimizer.param_groups:
+            if type(optimizer) is torch.optim.SGD and group["momentum"] == 0:
+                continue
+            if not all(optimizer.state.get(p) for p in group["params"]):
+                return False
+        return True
 
     def inputs(self):
-        """``(coef, hyper, state)`` for this step, all read afresh (``load_state_dict``
-        replaces the groups and the state).
+        """``(coef, hyper, state)`` for this step, one entry per parameter group, all read
+        afresh (``load_state_dict`` replaces the groups and the state).
 
         ``coef`` is the per-step scalars as a tensor on the parameters' device. ``hyper``
         holds the other hyperparameters, which are Python constants of the graph.
         ``state`` is the state tensors.
         """
-        g, st = self.optimizer.param_groups[0], self.optimizer.state
-        p0 = self.params[0]
+        out = [self._group_inputs(g, params)
+               for g, params in zip(self.optimizer.param_groups, self.params)]
+        return tuple(list(x) for x in zip(*out))
+
+    def _group_inputs(self, g, params):
+        st, p0 = self.optimizer.state, params[0]
         lr = float(g["lr"])
         if self.kind == "sgd":
             hyper = {k: g[k] for k in ("weight_decay", "momentum", "dampening", "nesterov",
                                        "maximize")}
-            state = [[st[p]["momentum_buffer"] for p in self.params]] if g["momentum"] else []
+            state = [[st[p]["momentum_buffer"] for p in params]] if g["momentum"] else []
             coef = [lr]
         else:
             beta1, beta2 = g["betas"]
             hyper = {"beta1": beta1, "beta2": beta2, "eps": g["eps"],
                      "weight_decay": g["weight_decay"], "maximize": g["maximize"],
                      "decoupled": g["decoupled_weight_decay"]}
-            state = [[st[p][k] for p in self.params] for k in ("exp_avg", "exp_avg_sq", "step")]
+            state = [[st[p][k] for p in params] for k in ("exp_avg", "exp_avg_sq", "step")]
             # torch.optim keeps one count per parameter; every parameter gets a gradient
             # at every step here, so they are equal
             k = float(st[p0]["step"]) + 1
             coef = [lr, lr / (1 - beta1 ** k), math.sqrt(1 - beta2 ** k)]
         return torch.tensor(coef, dtype=p0.dtype, device=p0.device), hyper, state
+
+    @staticmethod
+    def apply_groups(kind, groups, index, grads, state, coef, hyper, ok):
+        """:meth:`apply` for every parameter group; ``grads`` in the trainer's order,
+        ``index`` where each group's gradients sit in it."""
+        for params, idx, st, c, h in zip(groups, index, state, coef, hyper):
+            GraphUpdate.apply(kind, params, [grads[i] for i in idx], st, c, h, ok)
 
     @staticmethod
     def apply(kind, params, grads, state, coef, hyper, ok):
