@@ -90,6 +90,11 @@ class BackpropTrainer(StoreOwner):
     def train_batch(self, x0, target, optimizer=None, hooks=()) -> BatchResult:
         """One backprop step; returns the batch-mean output energy before the step."""
         loss = self.loss(x0, target)
+        if not bool(torch.isfinite(loss)):  # guard before the learning step touches a weight
+            bad = [k for k, t in self.params.items() if not bool(torch.isfinite(t).all())]
+            raise FloatingPointError(
+                f"backprop loss is {float(loss)}; non-finite parameters: {bad or 'none'}; "
+                f"non-finite inputs: {not bool(torch.isfinite(x0).all())}")
         if self.recorder is not None:
             self._count_forward(len(x0))
             self._count_backward(len(x0))
@@ -100,6 +105,11 @@ class BackpropTrainer(StoreOwner):
                 grads = self.grad_reducer({k: t.grad for k, t in self.params.items()})
                 for name, t in self.params.items():
                     t.grad = grads[name]
+            bad = [k for k, t in self.params.items()
+                   if t.grad is not None and not bool(torch.isfinite(t.grad).all())]
+            if bad:
+                raise FloatingPointError(f"backprop gradients of {bad} are not finite "
+                                         f"(loss {float(loss)})")
             optimizer.step()
         loss = loss.detach()
         return BatchResult(loss, loss, 0)
