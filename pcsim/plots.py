@@ -133,7 +133,8 @@ def plot_traces(trace_path: str | Path, folder: str | Path, trial: int = 0,
                 max_neurons: int = 12) -> list[Path]:
     """From a trace file, write for one trial: ``trial<k>_activity.png`` (value and error
     neurons of every recorded population over inference time), ``trial<k>_raster.png``
-    (events, event mode) and ``trial<k>_energy.png`` (E_l(t) per layer)."""
+    (events, event mode), ``trial<k>_energy.png`` (E_l(t) per layer) and, for a network
+    with ``(C, H, W)`` layers, ``trial<k>_maps.png`` (their feature maps as images)."""
     import numpy as np
 
     from pcsim.monitors.hdf5 import TraceError, open_trace
@@ -155,7 +156,56 @@ def plot_traces(trace_path: str | Path, folder: str | Path, trial: int = 0,
                    _plot_energy(f, t, rows, title, Path(f"{stem}_energy.png"))]
         if "spikes" in f and len(f["spikes"]):
             written.append(_plot_raster(f, info, title, Path(f"{stem}_raster.png")))
+        if any(len(_shape(f, p)) == 3 for p in f["report"]):
+            written.append(_plot_maps(f, rows, title, max_channels=8,
+                                      path=Path(f"{stem}_maps.png")))
     return written
+
+
+def _shape(f, population) -> tuple:
+    """A population's layer shape (the ``shape`` attribute; flat if absent)."""
+    g = f[f"report/{population}"]
+    if "shape" in g.attrs:
+        return tuple(int(v) for v in g.attrs["shape"])
+    return (int(g["data"].shape[1]),)
+
+
+def _plot_maps(f, rows, title, max_channels, path) -> Path:
+    """The first ``max_channels`` channels of every ``(C, H, W)`` population at the
+    trial's first and last frame (the feedforward start and the relaxed state), one
+    row each, every map on its own colour scale (diverging for error neurons)."""
+    plt = _pyplot()
+    pops = sorted((p for p in f["report"] if len(_shape(f, p)) == 3),
+                  key=lambda p: (int(p.split("_l")[1]), not p.startswith("value")))
+    panels = []  # (population, frame label, (C, H, W) array)
+    for p in pops:
+        data = f[f"report/{p}/data"][rows]
+        for label, k in (("start", 0), ("end", -1)):
+            panels.append((p, label, data[k].reshape(_shape(f, p))))
+    n_cols = min(max_channels, max(a.shape[0] for _, _, a in panels))
+    fig, axes = plt.subplots(len(panels), n_cols, figsize=(1.1 * n_cols + 1, 1.15 * len(panels) + 0.6),
+                             squeeze=False)
+    for r, (p, label, maps) in enumerate(panels):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= maps.shape[0]:
+                ax.axis("off")
+                continue
+            image = maps[c]
+            if p.startswith("error"):
+                bound = float(abs(image).max()) or 1.0
+                ax.imshow(image, cmap="RdBu_r", vmin=-bound, vmax=bound)
+            else:
+                ax.imshow(image, cmap="viridis")
+            if r == 0:
+                ax.set_title(f"ch {c}", fontsize=7)
+        axes[r][0].set_ylabel(f"{p}\n{label}", fontsize=7)
+    fig.suptitle(f"feature maps, {title}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
 
 
 def _pyplot():

@@ -19,6 +19,7 @@ existing trace file copies it first, so a crash leaves the last complete file.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import tempfile
@@ -65,12 +66,20 @@ class TraceWriter:
         Root attributes (``config``, ``pcsim_version``, ...).
     append : bool
         Continue an existing file at ``path`` (same layout) instead of replacing it.
+    shapes : dict, optional
+        Population -> its layer's shape, e.g. ``(C, H, W)``; written as the attribute
+        ``shape`` of the population's report and spikes groups (node id = the C-order
+        flat index). Default: ``(n,)``.
     """
 
     def __init__(self, path, populations: dict, *, dt: float, every: int, n_steps: int,
-                 n_layers: int, spike_populations=(), attrs=None, append=False):
+                 n_layers: int, spike_populations=(), attrs=None, append=False, shapes=None):
         self.path = Path(path)
         self.populations = dict(populations)
+        self.shapes = {p: tuple((shapes or {}).get(p, (n,))) for p, n in self.populations.items()}
+        bad = {p: s for p, s in self.shapes.items() if math.prod(s) != self.populations[p]}
+        if bad:
+            raise ValueError(f"trace shapes {bad} do not hold the populations' sizes")
         self.spike_populations = list(spike_populations)
         self.dt_ms = dt * 1e3
         self.every = every
@@ -117,9 +126,11 @@ class TraceWriter:
         f.attrs["every"] = self.every
         f.attrs["n_steps"] = self.n_steps
         sorting_t = h5py.enum_dtype(SORTING, basetype="u1")
+        f.create_group("spikes")  # present in dense mode too: libsonata's SpikeReader opens it
         for name in self.spike_populations:
             g = f.create_group(f"spikes/{name}")
             g.attrs.create("sorting", SORTING["by_time"], dtype=sorting_t)
+            g.attrs["shape"] = np.array(self._shape(name), dtype=np.int64)
             ts = g.create_dataset("timestamps", (0,), maxshape=(None,), dtype="f8", chunks=(65536,))
             ts.attrs["units"] = "ms"
             g.create_dataset("node_ids", (0,), maxshape=(None,), dtype="u8", chunks=(65536,))
@@ -128,11 +139,13 @@ class TraceWriter:
                 g.create_dataset("channel", (0,), maxshape=(None,), dtype="u1", chunks=(65536,))
         for name, n in self.populations.items():
             g = f.create_group(f"report/{name}")
+            g.attrs["shape"] = np.array(self.shapes[name], dtype=np.int64)
             data = g.create_dataset("data", (0, n), maxshape=(None, n), dtype="f4",
                                     chunks=(max(1, min(self.n_frames, max(1, 262144 // n))), n))
             data.attrs["units"] = "1"
             m = g.create_group("mapping")
-            m.create_dataset("node_ids", data=np.arange(n, dtype=np.uint64))
+            ids = m.create_dataset("node_ids", data=np.arange(n, dtype=np.uint64))
+            ids.attrs["sorted"] = True  # libsonata's marking: ids ascend
             m.create_dataset("index_pointers", data=np.arange(n + 1, dtype=np.uint64))
             m.create_dataset("element_ids", data=np.zeros(n, dtype=np.uint32))
             t = m.create_dataset("time", data=np.array([0.0, 0.0, self.frame_ms]))
@@ -151,6 +164,11 @@ class TraceWriter:
                                maxshape=(None, self.n_steps + 1, n_spk), dtype="i8",
                                chunks=(64, self.n_steps + 1, n_spk))
         eps.attrs["populations"] = self.spike_populations or ["-"]
+
+    def _shape(self, name):
+        if name in self.shapes:
+            return self.shapes[name]
+        return (self.populations[name],) if name in self.populations else (0,)
 
     # ------------------------------------------------------------------ writing
     @staticmethod

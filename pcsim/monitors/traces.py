@@ -122,7 +122,9 @@ def record_traces(trainer, data, config, path: Path, epoch: int, append: bool = 
              "mode": "event" if config.events.enabled else "dense"}
     writer = TraceWriter(path, pops, dt=config.dynamics.dt, every=tc.every,
                          n_steps=config.dynamics.steps, n_layers=len(sizes),
-                         spike_populations=spikes, attrs=attrs, append=append)
+                         spike_populations=spikes, attrs=attrs, append=append,
+                         shapes={p: trainer.network.layers[int(p.split("_l")[1])].shape
+                                 for p in pops})
     with writer:
         for start in range(0, len(indices), tc.batch_size):
             chunk = indices[start:start + tc.batch_size]

@@ -82,7 +82,10 @@ def test_recorded_values_equal_engine_states(tmp_path, every):
                 assert_close(f["report/error_l%d/data" % l][rows], expected[k][1][l].float(),
                              atol=0)
             assert_close(f["pcsim/energy"][rows].sum(1), expected[k][2], atol=1e-12)
-        assert "spikes" not in f  # dense execution sends no events
+        # dense execution sends no events: an empty /spikes group (SPEC 5)
+        assert "spikes" in f and len(f["spikes"]) == 0
+        assert list(f["report/value_l1"].attrs["shape"]) == [5]
+        assert f["report/value_l1/mapping/node_ids"].attrs["sorted"]
         assert "traces:" in f.attrs["config"] and f.attrs["pcsim_version"]
 
 
@@ -219,3 +222,86 @@ def test_streaming_2000_mnist_samples_keeps_memory_bounded(mnist_root, tmp_path)
     with h5py.File(tmp_path / "big.h5", "r") as f:
         assert f["report/value_l1/data"].shape == (2000 * 21, 512)
         assert f["pcsim/trials"].shape == (2000,)
+
+
+def _conv_config(events):
+    return config_from_dict({
+        "network": {"layers": [
+            {"shape": [2, 6, 6]},
+            {"shape": [3, 3, 3], "activation": "tanh",
+             "projection": {"kind": "conv2d", "kernel": 3, "padding": 1, "pool": "avg"}},
+            {"size": 3}]},
+        "dynamics": {"tau_x": "10 ms", "dt": "1 ms", "n_steps": 4},
+        "events": {"enabled": events, "theta": 0.05},
+        "traces": {"enabled": True, "samples": 4, "every": 1, "batch_size": 2,
+                   "populations": ["value", "error"]},
+        "run": {"dtype": "float64"}})
+
+
+@pytest.mark.parametrize("events", [False, True])
+def test_conv_trace_has_shapes_c_order_ids_and_opens_in_libsonata(tmp_path, events):
+    """A conv net's populations carry their (C, H, W) shape; frame columns and spike node
+    ids are the C-order flat index of (c, h, w); libsonata opens the file in dense mode
+    (an empty /spikes group) and in event mode."""
+    libsonata = pytest.importorskip("libsonata")
+    config = _conv_config(events)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 72, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=g)
+    data = Dataset("toy", x, y, x, y, 3, REPO)
+    engine = _engine(config)
+    path = record_traces(engine, data, config, tmp_path / "traces.h5", epoch=1)
+    s = engine.init_state(x[:4], data.one_hot(y[:4], torch.float64))
+    with h5py.File(path, "r") as f:
+        assert list(f["report/value_l0"].attrs["shape"]) == [2, 6, 6]
+        assert list(f["report/value_l1"].attrs["shape"]) == [3, 3, 3]
+        assert list(f["report/error_l1"].attrs["shape"]) == [3, 3, 3]
+        assert list(f["report/value_l2"].attrs["shape"]) == [3]
+        n_frames = 5
+        rows = np.arange(4) * n_frames  # frame 0 of each trial: the feedforward start
+        frame = f["report/value_l1/data"][rows]
+        # column c*9 + h*3 + w holds neuron (c, h, w)
+        assert_close(frame.reshape(4, 3, 3, 3), s.x[1].reshape(4, 3, 3, 3).float(), atol=0)
+        if events:
+            ids = f["spikes/value_l0/node_ids"][:]
+            assert len(ids) > 0 and ids.max() < 72
+            assert list(f["spikes/value_l0"].attrs["shape"]) == [2, 6, 6]
+            # value_l0 is clamped: it sends once, at its trial's start, every input above
+            # theta; trial 0's events at t = 0 are those inputs' C-order ids
+            first = f["spikes/value_l0/timestamps"][:] == 0.0
+            expected = np.nonzero(np.abs(x[0].numpy()) > 0.05)[0]
+            assert 0 < len(expected) < 72
+            assert np.array_equal(np.sort(ids[first]), expected)
+            assert_close(np.sort(f["spikes/value_l0/values"][:][first]),
+                         np.sort(x[0].numpy()[expected]), atol=1e-6)
+        else:
+            assert len(f["spikes"]) == 0
+    spikes = libsonata.SpikeReader(str(path))
+    if events:
+        assert "value_l0" in spikes.get_population_names()
+        assert len(spikes["value_l0"].get()) == len(ids)
+    else:
+        assert list(spikes.get_population_names()) == []
+    report = libsonata.ElementReportReader(str(path))["value_l1"]
+    assert np.asarray(report.get(tstart=0.0, tstop=20.0).data).shape[1] == 27
+
+
+def test_conv_trace_plots_show_feature_maps(tmp_path):
+    """``plot_traces`` of a conv net adds the feature-map figure; a flat net has none."""
+    from PIL import Image
+
+    from pcsim.plots import plot_traces
+    config = _conv_config(False)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 72, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=g)
+    data = Dataset("toy", x, y, x, y, 3, REPO)
+    path = record_traces(_engine(config), data, config, tmp_path / "traces.h5", epoch=1)
+    written = plot_traces(path, tmp_path / "plots", trial=1)
+    names = sorted(p.name for p in written)
+    assert names == ["trial1_activity.png", "trial1_energy.png", "trial1_maps.png"]
+    with Image.open(tmp_path / "plots" / "trial1_maps.png") as im:
+        width, height = im.size
+    assert width > 200 and height > 400  # 3 shaped populations x 2 frames, 3 channels
+    flat = record_traces(_engine(_config()), _data(), _config(), tmp_path / "flat.h5", epoch=1)
+    assert not any(p.name.endswith("_maps.png") for p in plot_traces(flat, tmp_path / "p2"))
