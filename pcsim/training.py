@@ -36,7 +36,14 @@ def check_trainer(config, data_parallel: bool = False) -> None:
                         device=config.run.device, dtype=config.run.dtype,
                         plastic=math.isfinite(config.dynamics.tau_w),
                         batch_size=config.learning.batch_size, data_parallel=data_parallel,
-                        projections=[layer.projection.kind for layer in config.network.layers[1:]])
+                        projections=[layer.projection.kind for layer in config.network.layers[1:]],
+                        learned_precision=any(layer.precision is not None
+                                              for layer in config.network.layers),
+                        continuous_precision=any(  # its own tau_prec, or tau_w's
+                            layer.precision is not None and (
+                                layer.precision.tau_prec is not None
+                                or math.isfinite(config.dynamics.tau_w))
+                            for layer in config.network.layers))
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from pcsim.units import parse_quantity
 
 __all__ = [
-    "ACTIVATIONS", "ProjectionConfig", "LayerConfig", "NetworkConfig", "DynamicsConfig", "LearningConfig",
+    "ACTIVATIONS", "ProjectionConfig", "PrecisionConfig", "LayerConfig", "NetworkConfig", "DynamicsConfig", "LearningConfig",
     "DataConfig", "RunConfig", "EventsConfig", "TracesConfig", "ExperimentConfig",
 ]
 
@@ -66,6 +66,51 @@ class ProjectionConfig(_Section):
         return self
 
 
+class PrecisionConfig(_Section):
+    """A layer's learned precision (SPEC 2.4): variances ``sigma2 = exp(s)`` held as their
+    logarithm ``s`` (why: :mod:`pcsim.model.precision`), with a floor and a guard.
+
+    ``precision: {kind: log_variance, per: neuron, sigma2_min: 1e-3}``; ``precision:
+    log_variance`` is short for ``{kind: log_variance}``. The layer's ``prec`` gives the
+    starting precision unless ``init`` (a variance) is set.
+    """
+
+    kind: Literal["log_variance"] = Field(
+        "log_variance", description="parameterisation: log_variance (s = ln sigma2, "
+        "prec = exp(-s))")
+    per: Literal["layer", "neuron", "channel"] = Field(
+        "layer", description="one variance per layer, per neuron, or per channel of a "
+        "(C, H, W) layer")
+    sigma2_min: float = Field(1e-4, gt=0, description="floor of every variance")
+    init: Optional[float] = Field(None, gt=0, description="starting variance; default "
+                                  "1 / prec of the layer")
+    tau_prec: Optional[Seconds] = Field(
+        None, gt=0, description="null: learned by the discrete cycle's learning step (the "
+        "optimizer, like the weights); a time (e.g. 200 ms): learned continuously, "
+        "tau_prec ds/dt = 0.5 (<(x - mu)^2> exp(-s) - 1), at every Euler step")
+    max_floor_share: float = Field(
+        0.5, gt=0, le=1, description="guard: stop the run when more than this share of the "
+        "layer's variances sit at sigma2_min (1: only non-finite precisions stop it)")
+
+    @model_validator(mode="after")
+    def _finite(self):
+        if not math.isfinite(self.sigma2_min):
+            raise ValueError("precision.sigma2_min must be finite")
+        if self.tau_prec is not None and not math.isfinite(self.tau_prec):
+            raise ValueError("precision.tau_prec must be finite (null: learned by the "
+                             "learning step)")
+        if self.init is not None and not (math.isfinite(self.init)
+                                          and self.init >= self.sigma2_min):
+            raise ValueError(f"precision.init {self.init} (the starting variance) must be "
+                             f"finite and >= precision.sigma2_min {self.sigma2_min}")
+        return self
+
+
+def _precision(value):
+    """``precision: log_variance`` is short for ``precision: {kind: log_variance}``."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
 class LayerConfig(_Section):
     """One layer ``l``: value neurons of a ``shape`` (``size: n`` is the flat ``(n,)``), as
     many error neurons for l >= 1, and the projection that predicts it from layer l-1."""
@@ -80,7 +125,12 @@ class LayerConfig(_Section):
         "{kind: conv2d, kernel, stride, padding, pool, pool_size}")
     activation: Literal[ACTIVATIONS] = Field(
         "identity", description="f_l, applied to a_l = W_l x_{l-1} + b_l (unused for l = 0)")
-    prec: float = Field(1.0, gt=0, description="precision prec_l = 1/sigma_l^2 (SPEC 1)")
+    prec: float = Field(1.0, gt=0, description="precision prec_l = 1/sigma_l^2 (SPEC 1); "
+                        "with a learned precision, its starting value")
+    precision: Annotated[Optional[PrecisionConfig], BeforeValidator(_precision)] = Field(
+        None, description="learned precision (SPEC 2.4): {kind: log_variance, per: "
+        "layer|neuron|channel, sigma2_min, init, tau_prec, max_floor_share}; null: prec "
+        "stays fixed")
 
     @model_validator(mode="after")
     def _size_or_shape(self):
@@ -93,6 +143,15 @@ class LayerConfig(_Section):
             object.__setattr__(self, "shape", (self.size,))
         elif math.prod(self.shape) != self.size:
             raise ValueError(f"size {self.size} does not match shape {self.shape}")
+        if self.precision is not None:
+            if self.precision.per == "channel" and len(self.shape) != 3:
+                raise ValueError(f"precision.per 'channel' needs a (C, H, W) layer; this "
+                                 f"layer has shape {self.shape} (use per: layer or neuron)")
+            init = 1.0 / self.prec if self.precision.init is None else self.precision.init
+            if init < self.precision.sigma2_min:
+                raise ValueError(f"precision: the starting variance 1 / prec = {init:g} is "
+                                 f"below precision.sigma2_min {self.precision.sigma2_min:g} "
+                                 "(lower sigma2_min, or set precision.init)")
         return self
 
 
@@ -105,6 +164,14 @@ class NetworkConfig(_Section):
                   "uniform_fan_in"] = (
         "xavier_uniform")
     prec_0: float = Field(1.0, gt=0, description="prior precision of a free x_0 (generative)")
+
+    @model_validator(mode="after")
+    def _no_precision_on_layer_0(self):
+        if self.layers[0].precision is not None:
+            raise ValueError("layers.0.precision: layer 0 has no error neurons to weight "
+                             "(its prior, in generative mode, is prec_0); learn the "
+                             "precision of layers 1..L")
+        return self
 
 
 class DynamicsConfig(_Section):

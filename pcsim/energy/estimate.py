@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 
 from pcsim.energy.profiles import ENERGY_KINDS, HardwareProfile
 
-__all__ = ["PhaseEnergy", "EnergyReport", "estimate_energy", "priced_counts"]
+__all__ = ["PhaseEnergy", "EnergyReport", "estimate_energy", "priced_counts", "UNPRICED_KINDS"]
+
+#: Report key -> a counted kind that no profile prices (no published figure per learned
+#: variance update): when counted, it is listed in ``missing``, never priced at zero.
+UNPRICED_KINDS = {"prec_update": "prec_updates"}
 
 
 def priced_counts(counts, phase: str) -> dict[str, int]:
@@ -103,6 +107,11 @@ def estimate_energy(counts, profile: HardwareProfile, phases=("inference", "lear
                     missing.append(key)
                 continue
             energy[key] = n * value
+        for key, kind in UNPRICED_KINDS.items():
+            n = counts.total(kind, phase)
+            if n:
+                totals[key] = n
+                missing.append(key)
         if phase == "inference" and profile.static_power.value is not None and simulated_time:
             energy["static"] = profile.static_power.value * simulated_time
             totals["static"] = 0

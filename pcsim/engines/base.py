@@ -78,7 +78,8 @@ class Capabilities:
     ``tau_w``) with a batch larger than one. ``data_parallel``: applies a
     ``grad_reducer`` (torch.distributed runs). ``projections``: the projection kinds it
     runs (None: every kind its engine has a map for). ``learned_precision``: layers
-    whose precision is learned (SPEC 2.4).
+    whose precision is learned (SPEC 2.4) by the learning step; ``continuous_precision``:
+    also continuously, at a ``tau_prec``, inside the dynamics.
     """
 
     counting: bool = True
@@ -91,6 +92,7 @@ class Capabilities:
     data_parallel: bool = True
     projections: Optional[tuple] = None
     learned_precision: bool = True
+    continuous_precision: bool = True
 
 
 @runtime_checkable
@@ -130,12 +132,13 @@ class Trainer(Protocol):
 TRAINERS = {
     ("torch", "pc"): ("pcsim.engines.torch.engine:TorchEngine", Capabilities()),
     ("torch", "bp"): ("pcsim.engines.torch.backprop:BackpropTrainer",
-                      Capabilities(events=False, traces=False, generative=False)),
+                      Capabilities(events=False, traces=False, generative=False,
+                                   learned_precision=False, continuous_precision=False)),
     ("brian2", "pc"): ("pcsim.engines.brian2.trainer:Brian2Trainer",
                        Capabilities(counting=False, events=False, generative=False,
                                     devices=("cpu", "auto"), dtypes=("float64",),
                                     batched_plasticity=False, data_parallel=False,
-                                    projections=("dense",), learned_precision=False)),
+                                    projections=("dense",), continuous_precision=False)),
 }
 
 #: Engine name -> "module:Class" (the PC rule of each backend).
@@ -187,7 +190,7 @@ def get_engine_class(name: str):
 def refusals(backend: str, rule: str, *, events: bool, traces: bool, generative: bool,
              device: str, dtype: str, plastic: bool, batch_size: int,
              data_parallel: bool = False, projections: Sequence[str] = ("dense",),
-             learned_precision: bool = False) -> list[str]:
+             learned_precision: bool = False, continuous_precision: bool = False) -> list[str]:
     """What the trainer of ``backend``/``rule`` cannot do of what a config asks, as the
     messages a user reads (empty: it can do all of it)."""
     cap = capabilities(backend, rule)
@@ -217,6 +220,16 @@ def refusals(backend: str, rule: str, *, events: bool, traces: bool, generative:
         out.append(f"{who} runs {' and '.join(cap.projections)} projections, not "
                    f"{', '.join(sorted(set(unknown)))}; use run.backend: torch")
     if learned_precision and not cap.learned_precision:
-        out.append(f"{who} keeps every precision fixed; learned precision runs on the torch "
-                   "backend")
+        out.append(f"{who} keeps every precision fixed (network.layers.*.precision); learned "
+                   "precision trains with learning.rule 'pc'" if rule != "pc" else
+                   f"{who} keeps every precision fixed (network.layers.*.precision); learned "
+                   "precision runs on the torch backend")
+    elif continuous_precision and not cap.continuous_precision:
+        out.append(f"{who} learns precisions only by the learning step: set "
+                   "network.layers.*.precision.tau_prec: null (a continuous tau_prec runs "
+                   "on the torch backend)")
+    if continuous_precision and data_parallel:
+        out.append("a precision with tau_prec learns inside each process's inference, and "
+                   "the processes would drift apart: data-parallel runs learn it by the "
+                   "learning step (precision.tau_prec: null), whose all-reduce carries it")
     return out

@@ -13,6 +13,8 @@ Notation (used unchanged in code, YAML keys, HDF5 paths and plot labels)
 ``W, b``   weights (``n_l x n_{l-1}``, or a kernel) and bias of projection ``l``
 ``prec``   precision ``prec_l = 1 / sigma_l^2``; ``prec_0`` the prior on a free ``x_0``
 ``tau_x``  value-neuron time constant (s); ``tau_eps`` error neurons; ``tau_w`` synapses
+``log_sigma2``  a learned log-variance ``s = ln sigma2`` (``prec = exp(-s)``); ``tau_prec``
+           its time constant (s), ``sigma2_min`` its floor (SPEC 2.4)
 ``E``      free energy ``sum_l 0.5 prec_l ||x_l - mu_l||^2 - 0.5 n_l ln prec_l``
 =========  ==============================================================
 
@@ -23,6 +25,11 @@ Neural Comput. 29:1229; arXiv 2508.08762 with its indices reversed, see SPEC 1):
     tau_eps deps_l/dt = prec_l (x_l - mu_l) - eps_l                (tau_eps = 0: eps at its fixed point)
     tau_w   dW_l/dt   = g_l x_{l-1}^T - lambda W_l                 (= -dE/dW_l - decay, batch mean)
     tau_w   db_l/dt   = g_l
+    tau_prec ds_l/dt  = 0.5 (<(x_l - mu_l)^2> exp(-s_l) - 1)      (learned log-variance, SPEC 2.4)
+
+where ``s_l = ln sigma2_l`` (``prec_l = exp(-s_l)``) and ``<.>`` is the mean over the batch
+and the neurons that share the variance: ``-dE/ds_l`` per such neuron (the derivation, and
+why log-variance, in :mod:`pcsim.model.precision`).
 
 A free bottom layer (generative mode) carries the Gaussian prior ``0.5 prec_0 ||x_0||^2``,
 which enters ``dx_0/dt`` exactly as an error ``eps_0 = prec_0 x_0`` would.
@@ -43,7 +50,7 @@ __all__ = [
     "VALUE_EQS", "ERROR_EQS", "ERROR_FIXED_EQS", "WEIGHT_EQS", "BIAS_EQS",
     "error_fixed_point", "error_rhs", "gated_error", "value_rhs", "weight_rhs", "bias_rhs",
     "layer_energy", "prior_energy", "per_sample_sum", "log_prec_sum", "prediction",
-    "pooled_gate",
+    "pooled_gate", "PRECISION_EQS", "PREC_FROM_LOG_VARIANCE", "log_variance_rate",
 ]
 
 #: Value neuron, layer l: its own error against the feedback from the layer above.
@@ -56,6 +63,11 @@ ERROR_FIXED_EQS = "eps = prec * (x - mu) : 1"
 WEIGHT_EQS = "dw/dt = (g_post * x_pre - lambda_w * w) / tau_w : 1"  # g = f'(a) * eps
 #: Plasticity of b_l: the post-synaptic gated error alone.
 BIAS_EQS = "db/dt = g / tau_w : 1"
+#: A learned log-variance of error neuron i, layer l (SPEC 2.4; one variance per neuron;
+#: shared variances average the squared error over the neurons that share them).
+PRECISION_EQS = "dlog_sigma2/dt = 0.5 * ((x - mu)**2 * exp(-log_sigma2) - 1) / tau_prec : 1"
+#: The precision a learned log-variance gives the error neuron (ERROR_EQS's ``prec``).
+PREC_FROM_LOG_VARIANCE = "prec = exp(-log_sigma2) : 1"
 
 
 def error_fixed_point(x, mu, prec):
@@ -93,6 +105,23 @@ def weight_rhs(local_grad, w, weight_decay, tau_w):
 def bias_rhs(local_grad, tau_w):
     """Return ``db/dt = g / tau_w`` (SPEC 2.2); ``local_grad`` is the batch mean of ``g``."""
     return local_grad / tau_w
+
+
+def log_variance_rate(mean_sq_error, log_sigma2):
+    """Return ``ds/dt * tau_prec = 0.5 (<(x - mu)^2> exp(-s) - 1)`` (SPEC 2.4, PRECISION_EQS),
+    ``-dE/ds`` per neuron sharing the variance ``exp(s)``.
+
+    ``mean_sq_error`` is ``<(x - mu)^2>`` over the batch and those neurons, in the shape
+    of ``log_sigma2``. At ``sigma2 = <(x - mu)^2>`` the rate is zero; it is never below
+    ``-0.5``.
+
+    Examples
+    --------
+    >>> log_variance_rate(np.array([0.5, 2.0]), np.log([0.5, 1.0]))
+    array([0. , 0.5])
+    """
+    decay = log_sigma2.neg().exp() if hasattr(log_sigma2, "neg") else np.exp(-log_sigma2)
+    return 0.5 * (mean_sq_error * decay - 1.0)
 
 
 def per_sample_sum(v):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from pcsim.model.activations import Activation, get_activation
+from pcsim.model.precision import precision_class
 from pcsim.model.projections import Dense, projection_class
 
 __all__ = ["Projection", "Layer", "Network"]
@@ -66,13 +67,19 @@ class Network:
     @classmethod
     def from_config(cls, config) -> "Network":
         """Build from a :class:`pcsim.config.schema.NetworkConfig`."""
-        layers = tuple(Layer(l, spec.shape, get_activation(spec.activation), spec.prec)
+        layers = tuple(Layer(l, spec.shape, get_activation(spec.activation), spec.prec,
+                             _precision(spec))
                        for l, spec in enumerate(config.layers))
         projections = tuple(
             projection_class(spec.projection.kind).from_spec(
                 l, layers[l - 1].shape, layers[l].shape, spec.projection)
             for l, spec in enumerate(config.layers) if l >= 1)
         return cls(layers, projections, config.mode, config.prec_0)
+
+    @property
+    def learned_precision(self) -> bool:
+        """Whether any layer learns its precision (SPEC 2.4)."""
+        return any(layer.precision is not None for layer in self.layers)
 
     @property
     def n_layers(self) -> int:
@@ -93,3 +100,13 @@ class Network:
         if self.mode == "supervised":
             return tuple(l == 0 or (phase == "train" and l == L) for l in range(L + 1))
         return tuple(l == L for l in range(L + 1))
+
+
+def _precision(spec):
+    """The learned-precision descriptor of a layer config, or None (a fixed ``prec``)."""
+    p = spec.precision
+    if p is None:
+        return None
+    init = 1.0 / spec.prec if p.init is None else p.init
+    return precision_class(p.kind)(per=p.per, sigma2_min=p.sigma2_min, init=init,
+                                   tau_prec=p.tau_prec, max_floor_share=p.max_floor_share)

@@ -14,6 +14,8 @@ learning step is step 0 of ``learning``):
 ``neuron_updates_active``  those that sent or received an event (dense mode: all)
 ``weight_updates``         per plastic synapse per learning step and sample (event mode:
                            only synapses with nonzero pre and post factors)
+``prec_updates``           per learned variance per learning step (SPEC 2.4; a
+                           continuously learned one: per variance per Euler step)
 ``mem_read_bytes``         one weight read per synaptic op and per weight update
 ``mem_write_bytes``        one state write per neuron update, one per weight update
 =========================  ==========================================================
@@ -30,7 +32,8 @@ from dataclasses import dataclass, field
 __all__ = ["KINDS", "OpCounter", "OpCounts"]
 
 KINDS = ("dense_macs", "syn_events", "syn_ops_mac", "syn_ops_ac", "neuron_updates",
-         "neuron_updates_active", "weight_updates", "mem_read_bytes", "mem_write_bytes")
+         "neuron_updates_active", "weight_updates", "prec_updates", "mem_read_bytes",
+         "mem_write_bytes")
 
 
 class OpCounter:

@@ -9,7 +9,7 @@ import torch
 from pcsim.model.ops import Op
 
 __all__ = ["itemsize", "count_dense", "count_one_to_one", "count_events", "count_neurons",
-           "count_updates", "count_backward", "count_learning"]
+           "count_updates", "count_backward", "count_learning", "count_prec_updates"]
 
 INFERENCE, LEARNING = "inference", "learning"
 
@@ -87,3 +87,12 @@ def count_learning(rec, target, n_updates, size, dense_macs=None) -> None:
     _add(rec, LEARNING, 0, target, Op.WEIGHT_UPDATES, n_updates)
     _add(rec, LEARNING, 0, target, Op.MEM_READ_BYTES, n_updates * size)
     _add(rec, LEARNING, 0, target, Op.MEM_WRITE_BYTES, n_updates * size)
+
+
+def count_prec_updates(rec, target, step, n_values, size) -> None:
+    """One update of a learned precision's ``n_values`` numbers (SPEC 4: ``prec_updates``
+    per variance per learning step, not per sample; a continuously learned one at every
+    Euler ``step``), each read and written once."""
+    _add(rec, LEARNING, step, target, Op.PREC_UPDATES, n_values)
+    _add(rec, LEARNING, step, target, Op.MEM_READ_BYTES, n_values * size)
+    _add(rec, LEARNING, step, target, Op.MEM_WRITE_BYTES, n_values * size)

@@ -26,6 +26,10 @@ class BackpropTrainer(StoreOwner):
 
     def __init__(self, network, *, device="cpu", dtype=torch.float32, seed=0,
                  init="xavier_uniform", params=None):
+        if network.learned_precision:  # a network built without a config is checked here
+            raise ValueError("learning.rule 'bp' keeps every precision fixed "
+                             "(network.layers.*.precision); learned precision trains with "
+                             "learning.rule 'pc'")
         self.network = network
         self.device = torch.device(device)
         self.dtype = dtype

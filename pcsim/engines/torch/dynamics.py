@@ -94,6 +94,10 @@ class Dynamics:
         self._read_precisions()
         self.dt, self.tau_x, self.tau_eps, self.tau_w = dt, tau_x, tau_eps, tau_w
         self.plastic = math.isfinite(tau_w)
+        # precisions that the learning step updates, and those that learn at every step
+        self._stepped = [l for l in self._learned if not self.precisions[l].continuous]
+        self._continuous = [l for l in self._learned
+                            if self.precisions[l].continuous or self.plastic]
         self.weight_decay = weight_decay
         self.events, self.recorder, self.sink = events, recorder, sink
 
@@ -175,15 +179,18 @@ class Dynamics:
             for l in range(1, L + 1):
                 s.eps[l] = euler(s.eps[l], dt, eq.error_rhs(s.eps[l], s.x[l], s.mu[l],
                                                             self.prec[l], self.tau_eps))
-        if self.plastic:  # 3. synapses (and learned precisions), from the old g and x
+        if self.plastic:  # 3. synapses, from the old g and x
             self._learn_continuously(s)
+        if self._continuous:  # 3b. learned precisions, from the old x and mu (SPEC 2.4)
+            self._learn_precisions(s)
         s.x = new_x
         s.t += dt
         for l in range(1, L + 1):  # 4. predictions whose input (or weights) moved
             if row.predicted[l]:
                 self._predict(s, l, links.forward[l].transmit(s.x[l - 1], k))
-        for l in range(L + 1):  # 5. errors where x or mu changed
-            if row.moved[l] or (l > 0 and (row.predicted[l] or self.tau_eps > 0)):
+        for l in range(L + 1):  # 5. errors where x, mu or prec changed
+            if row.moved[l] or (l > 0 and (row.predicted[l] or self.tau_eps > 0
+                                           or l in self._continuous)):
                 self._error(s, l)
         self._count_neurons(s)
 
@@ -242,15 +249,18 @@ class Dynamics:
                 grads[store_name(local, l)] = grad
             if self.recorder is not None:
                 self._count_learning(s, l, pre, g)
-        for l in self._learned:
-            for local, grad in self.precisions[l].local_grads(s.x[l], s.mu[l]).items():
+        for l in self._stepped:
+            p = self.precisions[l]
+            for local, grad in p.local_grads(s.x[l], s.mu[l]).items():
                 grads[store_name(local, l)] = grad
+            if self.recorder is not None:
+                acc.count_prec_updates(self.recorder, f"prec_{l}", 0, p.n_values,
+                                       s.links.wire.size)
         return grads
 
     def _learn_continuously(self, s: PCState) -> None:
         """One Euler step of SPEC 2.2 for every projection's tensors (weight decay on
-        those its kind declares decayed) and of every learned precision (SPEC 2.4, at
-        its own ``tau``, else ``tau_w``), all from the old state."""
+        those its kind declares decayed), from the old state."""
         for l in range(1, self.L + 1):
             m = self.maps[l]
             for local, grad in m.local_grads(s.g[l], s.x[l - 1]).items():
@@ -258,13 +268,21 @@ class Dynamics:
                 rhs = (eq.weight_rhs(grad, t, self.weight_decay, self.tau_w)
                        if local in m.decayed else eq.bias_rhs(grad, self.tau_w))
                 t.copy_(euler(t, self.dt, rhs))
-        for l in self._learned:
+
+    def _learn_precisions(self, s: PCState) -> None:
+        """One Euler step of SPEC 2.4 for every continuously learned precision (at its
+        own ``tau``, else ``tau_w``), from the old state, then its floor; ``prec`` is
+        read afresh for the errors of the new state."""
+        for l in self._continuous:
             p = self.precisions[l]
             tau = self.tau_w if p.tau is None else p.tau
             for local, grad in p.local_grads(s.x[l], s.mu[l]).items():
                 p.tensors[local].copy_(euler(p.tensors[local], self.dt, grad / tau))
-        if self._learned:
-            self._read_precisions()
+            p.project()
+            if self.recorder is not None:
+                acc.count_prec_updates(self.recorder, f"prec_{l}", s.step, p.n_values,
+                                       s.links.wire.size)
+        self._read_precisions()
 
     # ------------------------------------------------------------------ counting
     def _count_neurons(self, s, initial=False):

@@ -20,7 +20,8 @@ from pcsim.engines.torch.device import resolve_device
 from pcsim.engines.torch.dynamics import Dynamics, PCState
 from pcsim.engines.torch.hooks import FirstNonFinite, Frames
 from pcsim.engines.torch.maps import as_layer, build_maps
-from pcsim.engines.torch.params import ParamStore, StoreOwner, build_precisions
+from pcsim.engines.torch.params import (ParamStore, StoreOwner, build_precisions,
+                                       check_precisions, project_precisions)
 from pcsim.model import equations as eq
 from pcsim.model.schedule import dense_schedule, inference_wavefront
 
@@ -89,6 +90,11 @@ class TorchEngine(StoreOwner):
         self.params = params
         self.maps = build_maps(network, params)
         self.precisions = build_precisions(network, params)
+        # tensors of continuously learned precisions: their own ODE, no optimizer
+        self._continuous_names = [name for p in self.precisions
+                                  if p is not None and p.continuous
+                                  for name in params.names_of("layer", p.layer.index)]
+        self.learning_steps = 0  # learning steps taken (the guard names the step)
         self.events = events if events is not None and events.enabled else None
         if self.events is not None and self.plastic:
             raise ValueError("event mode with a finite tau_w is not supported yet")
@@ -121,6 +127,11 @@ class TorchEngine(StoreOwner):
             warnings.warn(f"tau_w = {self.tau_w:g} s is not much slower than tau_x = "
                           f"{self.tau_x:g} s; weights and activity will not separate "
                           "into two timescales", stacklevel=3)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The tensors an optimizer steps, in store order: every one but those of the
+        continuously learned precisions (``tau_prec`` set), which follow their own ODE."""
+        return [t for name, t in self.params.items() if name not in self._continuous_names]
 
     # ------------------------------------------------------------------ one batch
     def _dynamics(self, maps=None, observed=True) -> Dynamics:
@@ -305,7 +316,8 @@ class TorchEngine(StoreOwner):
         convergence check) and the cycle is the discrete update of SPEC 2.3: then the
         step function runs the inference wavefront, with ``W^T`` held row-major."""
         return (self.events is None and self.recorder is None and not hooks
-                and self.tau_eps == 0 and not self.plastic and not self.stop_tol)
+                and self.tau_eps == 0 and not self.plastic and not self.stop_tol
+                and not self._continuous_names)
 
     @torch.no_grad()
     def apply_gradients(self, grads: dict, optimizer) -> None:
@@ -318,8 +330,19 @@ class TorchEngine(StoreOwner):
         if self.grad_reducer is not None:  # a mean over ranks commutes with the sign
             descent = self.grad_reducer(descent)
         for name, t in self.params.items():
-            t.grad = descent[name]
+            if name not in self._continuous_names:
+                t.grad = descent[name]
         optimizer.step()
+        self._project_precisions()
+
+    def _project_precisions(self) -> None:
+        """Put every learned precision back above its floor after an update."""
+        project_precisions(self.precisions)
+
+    def check_precisions(self, when: str) -> None:
+        """The guard of SPEC 2.4 (:func:`~pcsim.engines.torch.params.check_precisions`):
+        FloatingPointError naming the layer, ``when`` and the likely cause."""
+        check_precisions(self.precisions, when)
 
     @torch.no_grad()
     def train_batch(self, x0, target, optimizer=None, hooks: Sequence = ()) -> BatchResult:
@@ -331,6 +354,10 @@ class TorchEngine(StoreOwner):
         errors, continuous plasticity).
         """
         descent = None
+        learned = any(p is not None for p in self.precisions)
+        step = self.learning_steps + 1
+        if learned:  # the values inference will use (the fused graph also learns with them)
+            self.check_precisions(f"before learning step {step}")
         if self.fast_path_applies(hooks):
             x0, target = self._inputs(x0, target)
             descent, e0, e1 = self._fast.run(x0, target, optimizer)
@@ -341,11 +368,18 @@ class TorchEngine(StoreOwner):
             self.infer(s, hooks=hooks)
             e1 = self.energy(s).mean()
             steps = s.step
+            if self._continuous_names or (learned and self.plastic):  # they moved in inference
+                self.check_precisions(f"after inference, before learning step {step}")
         if not bool(torch.isfinite(e1)):  # guard before the learning step touches a weight
             raise FloatingPointError(self.diagnose(x0, target))
         if optimizer is not None:
             if s is not None:
                 self.apply_gradients(self.local_gradients(s), optimizer)
-            elif descent is not None:  # (the fused graph has applied its update)
+            elif descent is not None:
                 self._descend(descent, optimizer)
+            else:  # (the fused graph has applied its update)
+                self._project_precisions()
+            self.learning_steps = step
+            if learned:  # no checkpoint may hold what this step made of them
+                self.check_precisions(f"after learning step {step}")
         return BatchResult(e0, e1, steps)
