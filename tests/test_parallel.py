@@ -3,6 +3,7 @@ same weights as one process with the same global batch."""
 
 import json
 
+import pytest
 import torch
 
 from pcsim.cli import main
@@ -36,3 +37,39 @@ def test_two_gloo_processes_equal_one_process(mnist_root, tmp_path):
         assert abs(r1["train_energy_final"] - r2["train_energy_final"]) < 1e-12
     assert m1[-1]["ops_per_train_sample"] == m2[-1]["ops_per_train_sample"]
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
+
+
+CONV_NET = """\
+network:
+  layers:
+    - {shape: [1, 28, 28]}
+    - {shape: [4, 14, 14], activation: gelu,
+       projection: {kind: conv2d, kernel: 3, padding: 1, pool: max}}
+    - {shape: [6, 7, 7], activation: tanh,
+       projection: {kind: conv2d, kernel: 3, padding: 1, pool: avg}}
+    - {size: 10, activation: identity}
+dynamics: {tau_x: 10 ms, dt: 1 ms, n_steps: 4}
+learning: {rule: RULE, optimizer: adamw, lr: 1.0e-3, batch_size: 50, epochs: 1, seed: 0}
+data: {dataset: mnist, limit_train: 400, limit_test: 200,
+       augment: {crop_padding: 2, hflip: true}}
+run: {device: cpu, dtype: float64, threads: 1, progress: false}
+"""
+
+
+@pytest.mark.parametrize("rule", ["pc", "bp"])
+def test_conv_net_two_gloo_processes_equal_one_process(mnist_root, tmp_path, rule):
+    """A conv net (max and average pooling, augmentation on: each image's crop and flip
+    do not depend on which rank holds it) trained by 2 gloo ranks equals one process."""
+    config = tmp_path / "conv.yaml"
+    config.write_text(CONV_NET.replace("RULE", rule))
+    common = ["--data-root", str(mnist_root), "--out", str(tmp_path), "--no-progress"]
+    assert main(["run", str(config), "--set", "run.name=one", *common]) == 0
+    assert main(["run", str(config), "--nproc", "2", "--set", "run.name=two", *common]) == 0
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    assert list(one["params"]["tensors"]) == list(two["params"]["tensors"])
+    for name, a in one["params"]["tensors"].items():
+        assert_close(two["params"]["tensors"][name], a, atol=1e-12)
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert m1[-1]["test_accuracy"] == m2[-1]["test_accuracy"]

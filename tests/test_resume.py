@@ -112,3 +112,58 @@ def test_unstable_step_stops_with_the_guard_and_a_loadable_checkpoint(mnist_root
     assert all(torch.isfinite(w).all() for w in ckpt["params"]["tensors"].values())
     with pytest.warns(UserWarning, match="more than a tenth"):
         assert main(["eval", str(tmp_path / "u"), "--data-root", str(mnist_root)]) == 0
+
+
+CONV_NET = """\
+network:
+  layers:
+    - {shape: [1, 28, 28]}
+    - {shape: [4, 14, 14], activation: gelu,
+       projection: {kind: conv2d, kernel: 3, padding: 1, pool: max}}
+    - {shape: [8, 7, 7], activation: tanh,
+       projection: {kind: conv2d, kernel: 3, padding: 1, pool: avg}}
+    - {size: 10, activation: identity}
+dynamics: {tau_x: 10 ms, dt: 1 ms, n_steps: 4}
+learning: {rule: pc, optimizer: adamw, lr: 1.0e-3, lr_schedule: cosine, batch_size: 50,
+           epochs: 2, seed: 0}
+data: {dataset: mnist, limit_train: 1000, limit_test: 200,
+       augment: {crop_padding: 2, hflip: true}}
+run: {device: cpu, threads: 1, checkpoint_every: 2, progress: false}
+"""
+
+
+def test_conv_net_killed_mid_epoch_resumes_bitwise(mnist_root, tmp_path):
+    """A conv PC net (max and average pooling, augmentation on) killed with SIGKILL after
+    a mid-epoch checkpoint and resumed ends with the weights, optimizer state and
+    metrics of the uninterrupted run, bit for bit."""
+    config = tmp_path / "conv.yaml"
+    config.write_text(CONV_NET)
+    common = ["--data-root", str(mnist_root), "--out", str(tmp_path), "--no-progress"]
+    assert main(["run", str(config), "--set", "run.name=whole", *common]) == 0
+    run_dir = tmp_path / "cut"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pcsim", "run", str(config),
+                             "--set", "run.name=cut", *common], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt, deadline = run_dir / "checkpoint.pt", time.time() + 120
+    first = None
+    while time.time() < deadline and proc.poll() is None:  # the second checkpoint write:
+        if ckpt.exists():                                  # a mid-epoch one
+            first = first or ckpt.stat().st_mtime
+            if ckpt.stat().st_mtime > first:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 2
+    assert main(["resume", str(run_dir), "--data-root", str(mnist_root), "--no-progress"]) == 0
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    cut = torch.load(ckpt, weights_only=True)
+    assert cut["epoch"] == whole["epoch"] == 2
+    for name, a in whole["params"]["tensors"].items():
+        assert torch.equal(cut["params"]["tensors"][name], a), name
+    for sa, sb in zip(cut["optimizer"]["state"].values(), whole["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+    assert _strip(json.loads((run_dir / "metrics.json").read_text())) == _strip(
+        json.loads((tmp_path / "whole" / "metrics.json").read_text()))

@@ -16,6 +16,11 @@ updaters in one slot in name order, so the feedback could use the previous step'
 prediction): (1) ``u = W x`` for every projection, (2) ``I_fb = W^T g``, (3) recording,
 (4) plasticity, (5) the neuron state updaters, all from the state at the step's start.
 That is the torch engine's synchronous Euler step.
+
+A layer with a learned precision (SPEC 2.4) holds ``prec`` as a per-neuron variable
+instead of a shared constant, in the same equation strings (``ERROR_EQS``,
+``ERROR_FIXED_EQS``); :attr:`Brian2Engine.prec` sets it before each run (the trainer's
+learning step learns it, as it learns the weights).
 """
 
 from __future__ import annotations
@@ -53,6 +58,13 @@ class Brian2Engine:
         ``lambda`` of SPEC 2.2 (finite ``tau_w``).
     target : {"numpy", "cython"}
         brian2 code generation target.
+
+    Attributes
+    ----------
+    prec : list
+        Per layer ``l >= 1`` with a learned precision, its current precision (a numpy
+        array broadcasting over the layer's ``n_l`` neurons), set before a run; else None
+        (the layer's fixed ``prec``).
     """
 
     name = "brian2"
@@ -65,12 +77,27 @@ class Brian2Engine:
         self.target = target
         self.L = network.n_layers
         self.plastic = math.isfinite(dynamics.tau_w)
+        self.prec = [None] * (self.L + 1)
         self._cache = {}
+
+    def _learned(self, l: int) -> bool:
+        return l >= 1 and self.network.layers[l].precision is not None
+
+    def _prec(self, l: int):
+        """Layer ``l``'s precision per neuron (learned), or its fixed number."""
+        layer = self.network.layers[l]
+        if not self._learned(l):
+            return layer.prec
+        if self.prec[l] is None:
+            raise ValueError(f"brian2 engine: layer {l} learns its precision; set prec[{l}]")
+        return np.broadcast_to(np.asarray(self.prec[l], float), (layer.size,))
 
     # ------------------------------------------------------------------ equations
     def _layer_eqs(self, l: int, free: bool) -> str:
         layer = self.network.layers[l]
-        lines = ["sample : integer (constant)", "I_fb : 1", "prec : 1 (shared, constant)",
+        # a learned precision is a state of each error neuron, a fixed one shared
+        prec = "prec : 1 (constant)" if self._learned(l) else "prec : 1 (shared, constant)"
+        lines = ["sample : integer (constant)", "I_fb : 1", prec,
                  "tau_x : second (shared, constant)"]
         lines.append(eq.VALUE_EQS if free else "x : 1")
         if l == 0:
@@ -177,7 +204,8 @@ class Brian2Engine:
             G = b2.NeuronGroup(batch * n, self._layer_eqs(l, not clamped[l]), method="euler",
                                clock=clock, name=f"layer_l{l}", order=ORDER["neurons"])
             G.sample = np.repeat(np.arange(batch), n)
-            G.prec = self.network.prec_0 if l == 0 else layer.prec
+            if not self._learned(l):  # (a learned one is set per run, in _load)
+                G.prec = self.network.prec_0 if l == 0 else layer.prec
             G.tau_x = self.dynamics.tau_x * b2.second
             if l >= 1:
                 if self.plastic:
@@ -217,9 +245,12 @@ class Brian2Engine:
             if l >= 1:
                 w, b = self.params[l - 1]
                 G.b = np.tile(b, batch)
+                prec = self._prec(l)
+                if self._learned(l):
+                    G.prec = np.tile(prec, batch)
                 if self.dynamics.tau_eps > 0:
                     a = xs[l - 1] @ w.T + b
                     mu = self.network.layers[l].activation.f(a, np)
-                    G.eps = (self.network.layers[l].prec * (xs[l] - mu)).ravel()
+                    G.eps = eq.error_fixed_point(xs[l], mu, prec).ravel()
         for l, (S, qp) in enumerate(zip(synapses, index), start=1):
             S.w = self.params[l - 1][0][qp]
