@@ -37,6 +37,7 @@ def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None,
             else:
                 y, ref = trainer.predict(x), data.one_hot(data.test_y[idx], x.dtype)
                 correct += int((y.argmax(1) == data.test_y[idx]).sum())
+            y = y.reshape(y.shape[0], -1)  # a shaped top layer, read flat like the data
             energy += float(layer_energy(ref, y, top.prec, top.size).sum())
             sq += float(((ref - y) ** 2).sum())
     finally:

@@ -44,25 +44,34 @@ def _projection(value):
 
 
 class ProjectionConfig(_Section):
-    """The map predicting a layer from the one below: ``dense``, or ``conv2d`` with its
-    kernel geometry and an optional pooling after the activation (SPEC 1)."""
+    """The map predicting a layer from the one below: ``dense``, ``conv2d`` with its
+    kernel geometry and an optional pooling after the activation (SPEC 1), or
+    ``conv_transpose2d`` (a decoder's upsampling: the adjoint of a convolution)."""
 
-    kind: Literal["dense", "conv2d"] = "dense"
+    kind: Literal["dense", "conv2d", "conv_transpose2d"] = "dense"
     kernel: int = Field(3, gt=0, description="conv2d: square kernel size k")
     stride: int = Field(1, gt=0, description="conv2d: stride")
     padding: int = Field(0, ge=0, description="conv2d: zero padding on each side")
     pool: Literal["none", "avg", "max"] = Field(
         "none", description="conv2d: pooling P after the activation, mu = P(f(a))")
     pool_size: int = Field(2, gt=0, description="conv2d: pooling window and stride")
+    output_padding: int = Field(0, ge=0, description="conv_transpose2d: extra rows and "
+                                "columns on one side of the output (below the stride)")
 
     @model_validator(mode="after")
     def _dense_has_no_geometry(self):
         if self.kind == "dense":
             odd = [k for k, v in (("kernel", 3), ("stride", 1), ("padding", 0),
-                                  ("pool", "none"), ("pool_size", 2)) if getattr(self, k) != v]
+                                  ("pool", "none"), ("pool_size", 2), ("output_padding", 0))
+                   if getattr(self, k) != v]
             if odd:
                 raise ValueError(f"a dense projection has no {', '.join(odd)} "
                                  "(use kind: conv2d)")
+        if self.kind == "conv2d" and self.output_padding:
+            raise ValueError("output_padding belongs to conv_transpose2d, not conv2d")
+        if self.kind == "conv_transpose2d" and self.pool != "none":
+            raise ValueError(f"a conv_transpose2d projection has no pooling (got pool "
+                             f"{self.pool!r})")
         return self
 
 

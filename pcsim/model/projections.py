@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-__all__ = ["PROJECTIONS", "register", "projection_class", "Dense", "Conv2d", "conv_out",
-           "ShapeError"]
+__all__ = ["PROJECTIONS", "register", "projection_class", "Dense", "Conv2d", "ConvTranspose2d",
+           "conv_out", "conv_transpose_out", "ShapeError"]
 
 #: kind name -> descriptor class
 PROJECTIONS: dict[str, type] = {}
@@ -210,3 +210,101 @@ class Conv2d:
     def from_spec(cls, index, pre_shape, post_shape, spec) -> "Conv2d":
         return cls(index, tuple(pre_shape), tuple(post_shape), spec.kernel, spec.stride,
                    spec.padding, None if spec.pool == "none" else spec.pool, spec.pool_size)
+
+
+def conv_transpose_out(size: int, kernel: int, stride: int, padding: int,
+                       output_padding: int = 0) -> int:
+    """Output length of a transposed convolution along one axis."""
+    return (size - 1) * stride - 2 * padding + kernel + output_padding
+
+
+@register
+@dataclass(frozen=True)
+class ConvTranspose2d:
+    """A transposed-convolution projection ``l`` (a decoder's upsampling, as in PCX's
+    generative benchmarks): kernel ``W_l`` of shape ``(C_in, C_out, k, k)`` (torch's
+    layout), one bias per output channel, no pooling. Its forward map is the adjoint of
+    the convolution with the same geometry from layer ``l`` down to ``l - 1``, and its
+    adjoint that convolution; output size ``(H - 1) s - 2 p + k + output_padding``.
+    """
+
+    kind: ClassVar[str] = "conv_transpose2d"
+
+    index: int
+    pre_shape: tuple
+    post_shape: tuple
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 0
+    output_padding: int = 0
+
+    def __post_init__(self):
+        where = f"network.layers[{self.index}]"
+        if len(self.pre_shape) != 3:
+            raise ShapeError(f"{where}: a conv_transpose2d projection needs a (C, H, W) layer "
+                             f"below it, got layer {self.index - 1} of shape "
+                             f"{tuple(self.pre_shape)}")
+        if self.output_padding >= max(self.stride, 1) or 2 * self.padding >= self.kernel + \
+                (self.pre_shape[1] - 1) * self.stride + self.output_padding:
+            raise ShapeError(f"{where}: output_padding {self.output_padding} must be below the "
+                             f"stride {self.stride}, and padding {self.padding} leave an output")
+        expect = (self.post_shape[0] if self.post_shape else 0,) + tuple(
+            conv_transpose_out(n, self.kernel, self.stride, self.padding, self.output_padding)
+            for n in self.pre_shape[1:])
+        if tuple(self.post_shape) != expect:
+            raise ShapeError(
+                f"{where}: conv_transpose2d (kernel {self.kernel}, stride {self.stride}, "
+                f"padding {self.padding}, output_padding {self.output_padding}) maps layer "
+                f"{self.index - 1} of shape {tuple(self.pre_shape)} to {expect}, but layer "
+                f"{self.index} has shape {tuple(self.post_shape)}")
+
+    @property
+    def out_shape(self) -> tuple:
+        return tuple(self.post_shape)
+
+    @property
+    def n_pre(self) -> int:
+        return math.prod(self.pre_shape)
+
+    @property
+    def n_post(self) -> int:
+        return math.prod(self.post_shape)
+
+    @property
+    def tensors(self) -> dict:
+        c_in, c_out = self.pre_shape[0], self.post_shape[0]
+        return {"W": (c_in, c_out, self.kernel, self.kernel), "b": (c_out,)}
+
+    @property
+    def fans(self) -> tuple[int, int]:
+        k2 = self.kernel * self.kernel
+        return self.pre_shape[0] * k2, self.post_shape[0] * k2
+
+    @property
+    def n_synapses(self) -> int:
+        return math.prod(self.tensors["W"])
+
+    @property
+    def macs(self) -> int:
+        """MACs per sample: every (input position, tap) pair that lands inside the output,
+        times ``C_in * C_out``: the in-bounds taps of the convolution it is the adjoint of
+        (also the sum of every input neuron's fan-out)."""
+        _, ho, wo = self.post_shape
+        return (self.pre_shape[0] * self.post_shape[0]
+                * _taps(ho, self.kernel, self.stride, self.padding)
+                * _taps(wo, self.kernel, self.stride, self.padding))
+
+    @property
+    def grad_macs(self) -> int:
+        """MACs of the weight-gradient correlation per sample: ``C_in * C_out * k * k``
+        per input position (SPEC 4's conv count, for the convolution it is the adjoint
+        of, whose output is this projection's input)."""
+        return self.n_synapses * math.prod(self.pre_shape[1:])
+
+    @classmethod
+    def from_spec(cls, index, pre_shape, post_shape, spec) -> "ConvTranspose2d":
+        if spec.pool != "none":
+            raise ShapeError(f"network.layers[{index}]: a conv_transpose2d projection has no "
+                             f"pooling (got pool {spec.pool!r})")
+        return cls(index, tuple(pre_shape), tuple(post_shape), spec.kernel, spec.stride,
+                   spec.padding, spec.output_padding)

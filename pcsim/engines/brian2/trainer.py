@@ -113,7 +113,8 @@ class Brian2Trainer(StoreOwner):
         learned = any(p is not None for p in self.precisions)
         step = self.learning_steps + 1
         if learned:
-            check_precisions(self.precisions, f"before learning step {step}")
+            check_precisions(self.precisions, f"before learning step {step}",
+                             self.dt / self.dynamics.tau_x)
         self._load()
         x0 = x0.detach().cpu().numpy()
         target = target.detach().cpu().numpy()
@@ -134,7 +135,8 @@ class Brian2Trainer(StoreOwner):
             project_precisions(self.precisions)
             self.learning_steps = step
             if learned:
-                check_precisions(self.precisions, f"after learning step {step}")
+                check_precisions(self.precisions, f"after learning step {step}",
+                                 self.dt / self.dynamics.tau_x)
         return BatchResult(torch.tensor(e0), torch.tensor(e1), self.n_steps)
 
     @torch.no_grad()

@@ -342,7 +342,7 @@ class TorchEngine(StoreOwner):
     def check_precisions(self, when: str) -> None:
         """The guard of SPEC 2.4 (:func:`~pcsim.engines.torch.params.check_precisions`):
         FloatingPointError naming the layer, ``when`` and the likely cause."""
-        check_precisions(self.precisions, when)
+        check_precisions(self.precisions, when, self.dt / self.tau_x)
 
     @torch.no_grad()
     def train_batch(self, x0, target, optimizer=None, hooks: Sequence = ()) -> BatchResult:

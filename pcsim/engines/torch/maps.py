@@ -328,6 +328,76 @@ class Conv2dMap(ProjectionMap):
         return hits > 0
 
 
+@register_map
+class ConvTranspose2dMap(ProjectionMap):
+    """A transposed convolution: kernel ``W`` ``(C_in, C_out, k, k)``, bias per output
+    channel; the adjoint is the convolution of the same geometry, the weight gradient the
+    correlation of ``x`` with ``g`` over the kernel window (``convolution_backward`` with
+    ``transposed=True``, no autograd)."""
+
+    kind = "conv_transpose2d"
+
+    def __init__(self, projection, tensors: dict):
+        super().__init__(projection, tensors)
+        self.weight, self.bias = tensors["W"], tensors["b"]
+        self.stride, self.padding = projection.stride, projection.padding
+        self.output_padding = projection.output_padding
+
+    init_tensors = Conv2dMap.init_tensors
+
+    def _t(self, x, weight, bias=None):
+        return F.conv_transpose2d(x, weight, bias, self.stride, self.padding,
+                                  self.output_padding)
+
+    def _c(self, g, weight):
+        return F.conv2d(g, weight, None, self.stride, self.padding)
+
+    def forward(self, x):
+        return self._t(x, self.weight, self.bias)
+
+    def linear(self, x):
+        return self._t(x, self.weight)
+
+    def with_bias(self, u):
+        return u + self.bias.view(-1, 1, 1)
+
+    def adjoint(self, g):
+        return self._c(g, self.weight)
+
+    def _weight_grad(self, g, x_pre):
+        _, dw, _ = torch.ops.aten.convolution_backward(
+            g, x_pre, self.weight, None, (self.stride,) * 2, (self.padding,) * 2, (1, 1),
+            True, (self.output_padding,) * 2, 1, (False, True, False))
+        return dw
+
+    def local_grads(self, g, x_pre) -> dict:
+        return {"W": self._weight_grad(g, x_pre) / g.shape[0], "b": g.sum((2, 3)).mean(0)}
+
+    def active_pairs(self, pre_mask, post_mask):
+        return self._weight_grad(post_mask.to(self.weight.dtype),
+                                 pre_mask.to(self.weight.dtype)).sum()
+
+    def _nz(self):
+        return (self.weight != 0).to(self.weight.dtype)
+
+    def fan_out(self):
+        """Nonzero kernel entries each input neuron reaches inside the output, flat."""
+        ones = torch.ones(1, *self.projection.out_shape, dtype=self.weight.dtype,
+                          device=self.weight.device)
+        return self._c(ones, self._nz()).flatten()
+
+    def fan_in(self):
+        """Nonzero kernel entries inside the input an adjoint event of each output neuron
+        reads, flat."""
+        ones = torch.ones(1, *self.projection.pre_shape, dtype=self.weight.dtype,
+                          device=self.weight.device)
+        return self._t(ones, self._nz()).flatten()
+
+    def reached(self, mask, adjoint: bool = False):
+        m = mask.to(self.weight.dtype)
+        return (self._c(m, self._nz()) if adjoint else self._t(m, self._nz())) > 0
+
+
 def as_layer(t: torch.Tensor, layer) -> torch.Tensor:
     """A batch ``t`` with each sample in ``layer``'s shape (a reshape; a clear error when
     the sizes differ)."""

@@ -323,7 +323,7 @@ def project_precisions(precisions) -> None:
             p.project()
 
 
-def check_precisions(precisions, when: str) -> None:
+def check_precisions(precisions, when: str, eta_x: Optional[float] = None) -> None:
     """The guard of SPEC 2.4: raise FloatingPointError naming the layer, the step and the
     likely cause when a learned precision is not finite, or too much of a layer sits at
     its floor.
@@ -334,14 +334,23 @@ def check_precisions(precisions, when: str) -> None:
         Per layer, None (fixed) or a :class:`LearnedPrecision`.
     when : str
         Where in the run (``"before learning step 12"``), for the message.
+    eta_x : float, optional
+        ``dt / tau_x``: when a layer's floor allows ``prec * eta_x > 2`` (an Euler step of
+        its value neurons that overshoots), the message says so.
     """
     for p in precisions:
         if p is None:
             continue
         found = p.problem()
-        if found is not None:
-            raise FloatingPointError(f"learned precision of layer {p.layer.index}, {when}: "
-                                     f"{found}")
+        if found is None:
+            continue
+        floor = getattr(getattr(p.layer, "precision", None), "sigma2_min", None)
+        if eta_x and floor is not None and floor < eta_x / 2:
+            found += (f"; note that sigma2_min = {floor:g} is below dt / (2 tau_x) = "
+                      f"{eta_x / 2:g}: at such variances prec * dt / tau_x > 2 and the Euler "
+                      "step of inference overshoots, so activity can diverge before the "
+                      "floor is reached (raise sigma2_min to at least that)")
+        raise FloatingPointError(f"learned precision of layer {p.layer.index}, {when}: {found}")
 
 
 def build_precisions(network, store: ParamStore) -> list:
