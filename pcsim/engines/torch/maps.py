@@ -240,26 +240,18 @@ def _pad_to(x, hw):
 POOLS = {"avg": AvgPool, "max": MaxPool}
 
 
-@register_map
-class Conv2dMap(ProjectionMap):
-    """A convolution: kernel ``W`` ``(C_out, C_in, k, k)``, bias per output channel; the
-    adjoint is the transposed convolution, the weight gradient the correlation of ``g``
-    with ``x`` over the kernel window (``aten.convolution_backward``, no autograd)."""
+class _KernelMap(ProjectionMap):
+    """What a convolution and its transpose share: a kernel ``W``, a bias per output
+    channel, and the two linear operators ``_fwd`` (the forward map without bias) and
+    ``_adj`` (its adjoint) from which the adjoint, the weight gradient
+    (``aten.convolution_backward``, no autograd), fan-out, fan-in and reach follow."""
 
-    kind = "conv2d"
+    transposed = False
 
     def __init__(self, projection, tensors: dict):
         super().__init__(projection, tensors)
         self.weight, self.bias = tensors["W"], tensors["b"]
         self.stride, self.padding = projection.stride, projection.padding
-        _, h, w = projection.pre_shape
-        _, ho, wo = projection.out_shape
-        k = projection.kernel
-        # output_padding makes the transpose land exactly on (H, W) when stride > 1
-        self._out_pad = tuple(n - ((o - 1) * self.stride - 2 * self.padding + k)
-                              for n, o in ((h, ho), (w, wo)))
-        if projection.pool:
-            self.pool = POOLS[projection.pool](projection.pool_size, projection.out_shape)
 
     @classmethod
     def init_tensors(cls, projection, init, generator) -> dict:
@@ -273,129 +265,99 @@ class Conv2dMap(ProjectionMap):
         return {"W": w, "b": b}
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return self.with_bias(self._fwd(x, self.weight))
 
     def linear(self, x):
-        return F.conv2d(x, self.weight, None, self.stride, self.padding)
+        return self._fwd(x, self.weight)
 
     def with_bias(self, u):
         return u + self.bias.view(-1, 1, 1)
 
     def adjoint(self, g):
-        return F.conv_transpose2d(g, self.weight, None, self.stride, self.padding,
-                                  self._out_pad)
-
-    def local_grads(self, g, x_pre) -> dict:
-        """``-dE/dW``: the batch mean of the correlation of ``g`` with ``x_pre`` over each
-        tap; ``-dE/db``: of ``g`` summed over positions."""
-        _, dw, _ = torch.ops.aten.convolution_backward(
-            g, x_pre, self.weight, None, (self.stride,) * 2, (self.padding,) * 2, (1, 1),
-            False, (0, 0), 1, (False, True, False))
-        return {"W": dw / g.shape[0], "b": g.sum((2, 3)).mean(0)}
-
-    def active_pairs(self, pre_mask, post_mask):
-        """(tap, output position, channel pair, sample) terms of the weight-gradient
-        correlation with a nonzero pre and post factor (event-mode learning)."""
-        _, dw, _ = torch.ops.aten.convolution_backward(
-            post_mask.to(self.weight.dtype), pre_mask.to(self.weight.dtype), self.weight,
-            None, (self.stride,) * 2, (self.padding,) * 2, (1, 1), False, (0, 0), 1,
-            (False, True, False))
-        return dw.sum()
-
-    def _nz(self):
-        return (self.weight != 0).to(self.weight.dtype)
-
-    def fan_out(self):
-        """Nonzero kernel entries each input neuron reaches inside the output (fewer at
-        the borders and between strides), flat ``(n_pre,)``."""
-        ones = torch.ones(1, *self.projection.out_shape, dtype=self.weight.dtype,
-                          device=self.weight.device)
-        return F.conv_transpose2d(ones, self._nz(), None, self.stride, self.padding,
-                                  self._out_pad).flatten()
-
-    def fan_in(self):
-        """Nonzero kernel entries inside the input that an adjoint event of each output
-        neuron reads, flat."""
-        ones = torch.ones(1, *self.projection.pre_shape, dtype=self.weight.dtype,
-                          device=self.weight.device)
-        return F.conv2d(ones, self._nz(), None, self.stride, self.padding).flatten()
-
-    def reached(self, mask, adjoint: bool = False):
-        m = mask.to(self.weight.dtype)
-        hits = (F.conv_transpose2d(m, self._nz(), None, self.stride, self.padding,
-                                   self._out_pad) if adjoint
-                else F.conv2d(m, self._nz(), None, self.stride, self.padding))
-        return hits > 0
-
-
-@register_map
-class ConvTranspose2dMap(ProjectionMap):
-    """A transposed convolution: kernel ``W`` ``(C_in, C_out, k, k)``, bias per output
-    channel; the adjoint is the convolution of the same geometry, the weight gradient the
-    correlation of ``x`` with ``g`` over the kernel window (``convolution_backward`` with
-    ``transposed=True``, no autograd)."""
-
-    kind = "conv_transpose2d"
-
-    def __init__(self, projection, tensors: dict):
-        super().__init__(projection, tensors)
-        self.weight, self.bias = tensors["W"], tensors["b"]
-        self.stride, self.padding = projection.stride, projection.padding
-        self.output_padding = projection.output_padding
-
-    init_tensors = Conv2dMap.init_tensors
-
-    def _t(self, x, weight, bias=None):
-        return F.conv_transpose2d(x, weight, bias, self.stride, self.padding,
-                                  self.output_padding)
-
-    def _c(self, g, weight):
-        return F.conv2d(g, weight, None, self.stride, self.padding)
-
-    def forward(self, x):
-        return self._t(x, self.weight, self.bias)
-
-    def linear(self, x):
-        return self._t(x, self.weight)
-
-    def with_bias(self, u):
-        return u + self.bias.view(-1, 1, 1)
-
-    def adjoint(self, g):
-        return self._c(g, self.weight)
+        return self._adj(g, self.weight)
 
     def _weight_grad(self, g, x_pre):
         _, dw, _ = torch.ops.aten.convolution_backward(
             g, x_pre, self.weight, None, (self.stride,) * 2, (self.padding,) * 2, (1, 1),
-            True, (self.output_padding,) * 2, 1, (False, True, False))
+            self.transposed, self._backward_out_pad, 1, (False, True, False))
         return dw
 
     def local_grads(self, g, x_pre) -> dict:
+        """``-dE/dW``: the batch mean of the correlation of ``g`` with ``x_pre`` over each
+        tap; ``-dE/db``: of ``g`` summed over positions."""
         return {"W": self._weight_grad(g, x_pre) / g.shape[0], "b": g.sum((2, 3)).mean(0)}
 
     def active_pairs(self, pre_mask, post_mask):
+        """(tap, position, channel pair, sample) terms of the weight-gradient correlation
+        with a nonzero pre and post factor (event-mode learning)."""
         return self._weight_grad(post_mask.to(self.weight.dtype),
                                  pre_mask.to(self.weight.dtype)).sum()
 
     def _nz(self):
         return (self.weight != 0).to(self.weight.dtype)
 
+    def _ones(self, shape):
+        return torch.ones(1, *shape, dtype=self.weight.dtype, device=self.weight.device)
+
     def fan_out(self):
-        """Nonzero kernel entries each input neuron reaches inside the output, flat."""
-        ones = torch.ones(1, *self.projection.out_shape, dtype=self.weight.dtype,
-                          device=self.weight.device)
-        return self._c(ones, self._nz()).flatten()
+        """Nonzero kernel entries each input neuron reaches inside the output (fewer at
+        the borders and between strides), flat ``(n_pre,)``."""
+        return self._adj(self._ones(self.projection.out_shape), self._nz()).flatten()
 
     def fan_in(self):
-        """Nonzero kernel entries inside the input an adjoint event of each output neuron
-        reads, flat."""
-        ones = torch.ones(1, *self.projection.pre_shape, dtype=self.weight.dtype,
-                          device=self.weight.device)
-        return self._t(ones, self._nz()).flatten()
+        """Nonzero kernel entries inside the input that an adjoint event of each output
+        neuron reads, flat."""
+        return self._fwd(self._ones(self.projection.pre_shape), self._nz()).flatten()
 
     def reached(self, mask, adjoint: bool = False):
         m = mask.to(self.weight.dtype)
-        return (self._c(m, self._nz()) if adjoint else self._t(m, self._nz())) > 0
+        return (self._adj(m, self._nz()) if adjoint else self._fwd(m, self._nz())) > 0
+
+
+@register_map
+class Conv2dMap(_KernelMap):
+    """A convolution: kernel ``W`` ``(C_out, C_in, k, k)``; the adjoint is the transposed
+    convolution."""
+
+    kind = "conv2d"
+    _backward_out_pad = (0, 0)
+
+    def __init__(self, projection, tensors: dict):
+        super().__init__(projection, tensors)
+        _, h, w = projection.pre_shape
+        _, ho, wo = projection.out_shape
+        k = projection.kernel
+        # output_padding makes the transpose land exactly on (H, W) when stride > 1
+        self._out_pad = tuple(n - ((o - 1) * self.stride - 2 * self.padding + k)
+                              for n, o in ((h, ho), (w, wo)))
+        if projection.pool:
+            self.pool = POOLS[projection.pool](projection.pool_size, projection.out_shape)
+
+    def _fwd(self, x, weight):
+        return F.conv2d(x, weight, None, self.stride, self.padding)
+
+    def _adj(self, g, weight):
+        return F.conv_transpose2d(g, weight, None, self.stride, self.padding, self._out_pad)
+
+
+@register_map
+class ConvTranspose2dMap(_KernelMap):
+    """A transposed convolution (a decoder's upsampling): kernel ``W`` ``(C_in, C_out, k,
+    k)``; the adjoint is the convolution of the same geometry."""
+
+    kind = "conv_transpose2d"
+    transposed = True
+
+    def __init__(self, projection, tensors: dict):
+        super().__init__(projection, tensors)
+        self._backward_out_pad = (projection.output_padding,) * 2
+
+    def _fwd(self, x, weight):
+        return F.conv_transpose2d(x, weight, None, self.stride, self.padding,
+                                  self._backward_out_pad)
+
+    def _adj(self, g, weight):
+        return F.conv2d(g, weight, None, self.stride, self.padding)
 
 
 def as_layer(t: torch.Tensor, layer) -> torch.Tensor:
