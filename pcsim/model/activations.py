@@ -62,12 +62,15 @@ def _with_prime(value, prime_of_value):
 _EXP_MAX = 80.0
 
 
-def _logistic(u, xp):
-    return 1.0 / (1.0 + xp.exp(xp.clip(-u, None, _EXP_MAX)))
+def _logistic_of_negated(v, xp):
+    """``1 / (1 + exp(v))``, the logistic of ``-v``, with the exponent bounded (in place:
+    ``v`` is a temporary of the caller's)."""
+    v = v.clamp_(max=_EXP_MAX) if hasattr(v, "clamp_") else xp.minimum(v, _EXP_MAX)
+    return 1.0 / (1.0 + xp.exp(v))
 
 
 def _sigmoid(a, xp):
-    return _logistic(a, xp)
+    return _logistic_of_negated(-a, xp)
 
 
 _GELU_C = 0.7978845608028654  # sqrt(2 / pi)
@@ -82,7 +85,7 @@ def _gelu(a, xp):
 
 
 def _gelu_gate(a, xp):
-    return _logistic(2 * _GELU_C * (a + _GELU_K * a * a * a), xp)
+    return _logistic_of_negated(-2 * _GELU_C * (a + _GELU_K * a * a * a), xp)
 
 
 def _gelu_prime(a, xp):
