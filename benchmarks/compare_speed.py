@@ -3,15 +3,19 @@
     python benchmarks/compare_speed.py --ref 25e60ac --new HEAD --out results/speed_ab
 
 Each commit is checked out (``git worktree``, detached, clean) into a temporary folder,
-and every measurement is ``benchmarks/throughput.py``'s own worker of that checkout, run
-with ``PYTHONPATH`` set to it: the worker first proves which pcsim it imported
-(``pcsim.__file__`` must lie in its checkout, else the run stops). Measurements are
+and every measurement is one harness -- this checkout's ``benchmarks/throughput.py``
+worker, the same code for both sides -- run with ``PYTHONPATH`` set to the commit's
+checkout: the worker first proves which pcsim it imported (``pcsim.__file__`` must lie
+in that checkout, else the run stops). Each worker times ``--repeats`` windows after its
+warm-up and reports the median and the best window; on a shared machine noise only ever
+slows a window down, so the best window is the steadier estimate of a commit's speed. Measurements are
 pinned to cores (``taskset``: core 0 for 1 thread, cores 0-1 for 2; ``--cores`` moves
 the 1-thread setting elsewhere) and interleaved ABBA: in round ``r`` the order of the two
 commits is reversed from round ``r - 1``, for every case, thread setting and kind, so
 drift of a noisy machine falls on both alike. The table reports per contender the median
-samples/s over rounds and the ratio new / ref of the medians, with each round's ratio
-(the pair measured back to back) beside it.
+samples/s over rounds (of each worker's best window) and the ratio new / ref of those
+medians, with each round's ratio (the pair measured back to back) beside it, and the
+same ratio of the workers' median windows.
 """
 
 from __future__ import annotations
@@ -63,9 +67,9 @@ def measure(tree: Path, kind: str, compile: bool, case: str, threads: int, cores
             args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "record.json"
-        cmd = [sys.executable, "-c", PROBE, str(tree / "benchmarks" / "throughput.py"),
+        cmd = [sys.executable, "-c", PROBE, str(REPO / "benchmarks" / "throughput.py"),
                "--worker", kind, "--kind", kind, "--case", case, "--threads", str(threads),
-               "--device", "cpu", "--repeats", "1", "--warmup", str(args.warmup),
+               "--device", "cpu", "--repeats", str(args.repeats), "--warmup", str(args.warmup),
                "--json", str(out)]
         if args.measure:
             cmd += ["--measure", str(args.measure)]
@@ -87,18 +91,21 @@ def measure(tree: Path, kind: str, compile: bool, case: str, threads: int, cores
 
 def table(records: list[dict], ref: str, new: str) -> str:
     lines = ["| case | threads | kind | ref samples/s | new samples/s | new / ref | "
-             "per-round ratios |", "|---|---|---|---|---|---|---|"]
+             "per-round ratios | new / ref of median windows |", "|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["case"], r["threads"], r["kind"]) for r in records},
                   key=lambda k: (k[0], k[1], list(KINDS).index(k[2])))
     for case, threads, kind in keys:
         rows = [r for r in records if (r["case"], r["threads"], r["kind"]) == (case, threads, kind)]
-        by = {side: {r["round"]: r["samples_per_s"] for r in rows if r["side"] == side}
-              for side in ("ref", "new")}
+        by = {side: {r["round"]: r.get("best_samples_per_s", r["samples_per_s"])
+                     for r in rows if r["side"] == side} for side in ("ref", "new")}
+        mid = {side: statistics.median(r["samples_per_s"] for r in rows if r["side"] == side)
+               for side in ("ref", "new")}
         med = {side: statistics.median(v.values()) for side, v in by.items()}
         per_round = [by["new"][k] / by["ref"][k] for k in sorted(by["ref"]) if k in by["new"]]
         lines.append(f"| {case} | {threads} | {kind} | {med['ref']:,.0f} | {med['new']:,.0f} | "
                      f"{med['new'] / med['ref']:.3f} | "
-                     f"{', '.join(f'{x:.3f}' for x in per_round)} |")
+                     f"{', '.join(f'{x:.3f}' for x in per_round)} | "
+                     f"{mid['new'] / mid['ref']:.3f} |")
     return "\n".join(lines)
 
 
@@ -114,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--measure", type=int, default=None, help="batches per timed window")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="timed windows per worker")
     ap.add_argument("--timeout", type=int, default=1200)
     ap.add_argument("--data-root", default=os.environ.get("PCSIM_DATA"))
     ap.add_argument("--worktrees", default=os.path.join(tempfile.gettempdir(), "pcsim_ab"))
@@ -137,7 +145,8 @@ def main(argv=None) -> int:
                         rec.update(side=side, round=r, kind=kind_name, case=case,
                                    threads=threads, sha=trees[side][0])
                         records.append(rec)
-                        print(f"round {r} {side} {case} {threads}t {kind_name}: "
+                        print(f"round {r} {side} {case} {threads}t {kind_name}: best "
+                              f"{rec['best_samples_per_s']:,.0f}, median "
                               f"{rec['samples_per_s']:,.0f} samples/s", flush=True)
     text = table(records, *(trees[s][0] for s in ("ref", "new")))
     out = Path(args.out)

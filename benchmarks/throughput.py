@@ -149,7 +149,8 @@ def worker(args) -> dict:
         sync()
         rates.append(measure * B / (time.perf_counter() - start))
     rate = statistics.median(rates)
-    return {"kind": args.kind, "case": args.case, "samples_per_s": rate, "compile_s": compile_s,
+    return {"kind": args.kind, "case": args.case, "samples_per_s": rate,
+            "best_samples_per_s": max(rates), "compile_s": compile_s,
             "flops_per_sample": cost.flops, "gflops": rate * cost.flops / 1e9,
             "threads": torch.get_num_threads(), "compile": args.compile,
             "device": str(device)}

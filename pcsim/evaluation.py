@@ -20,12 +20,14 @@ def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None,
     and its energy; a PC decoder encodes by inference and decodes feedforward from the
     inferred latent. The energy is the top layer's SPEC energy
     ``0.5 prec_L ||ref - y||^2 - 0.5 n_L ln prec_L`` per sample
-    (:func:`pcsim.model.equations.layer_energy`).
+    (:func:`pcsim.model.equations.layer_energy`), with a learned ``prec_L`` at its
+    current value (per layer, neuron or channel).
 
     With a ``recorder``, the trainer counts the ops of the read-out (in event mode: the
     events of the sigma-delta feedforward pass)."""
     correct, energy, sq, n = 0, 0.0, 0.0, data.test_x.shape[0]
     top = trainer.network.layers[-1]
+    prec = _top_precision(trainer)
     trainer.recorder = recorder
     if recorder is not None:
         recorder.add_samples(n)
@@ -38,13 +40,24 @@ def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None,
                 y, ref = trainer.predict(x), data.one_hot(data.test_y[idx], x.dtype)
                 correct += int((y.argmax(1) == data.test_y[idx]).sum())
             y = y.reshape(y.shape[0], -1)  # a shaped top layer, read flat like the data
-            energy += float(layer_energy(ref, y, top.prec, top.size).sum())
+            energy += float(layer_energy(ref, y, prec, top.size).sum())
             sq += float(((ref - y) ** 2).sum())
     finally:
         trainer.recorder = None
     if target == "image":
         return {"test_mse": sq / (n * top.size), "test_energy": energy / n}
     return {"test_accuracy": correct / n, "test_energy": energy / n}
+
+
+def _top_precision(trainer):
+    """The top layer's precision as the read-out's energy uses it: its fixed number, or
+    the learned value now (SPEC 2.4), broadcast over the layer and read flat like the
+    data."""
+    layer, learned = trainer.network.layers[-1], trainer.precisions[-1]
+    if learned is None:
+        return layer.prec
+    value = learned.value().detach().to(trainer.device, trainer.dtype)
+    return value if value.ndim == 0 else value.expand(layer.shape).reshape(-1)
 
 
 def describe(record: dict) -> str:

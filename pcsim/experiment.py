@@ -17,6 +17,7 @@ from pcsim.energy import available_profiles
 from pcsim.energy.report import build_energy_report
 from pcsim.engines.torch.device import resolve_device
 from pcsim.engines.torch.optim import make_optimizer, make_scheduler
+from pcsim.engines.torch.params import precision_metrics
 from pcsim.evaluation import describe, evaluate
 from pcsim.model import Network, bp_train_cost, feedforward_cost, pc_train_cost
 from pcsim.monitors.traces import record_traces, traced_populations
@@ -267,6 +268,7 @@ class _Run:
             "dense_macs_per_train_sample": train_cost.macs,
             "dense_flops_per_train_sample": train_cost.flops,
             "dense_flops_per_test_sample": test_cost.flops,
+            **precision_metrics(self.trainer.precisions),  # learned variances (SPEC 2.4)
         }
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metrics at epoch {epoch}: {record}; the "
@@ -275,7 +277,7 @@ class _Run:
 
     def _write_epoch(self, epoch: int) -> None:
         """Main process: checkpoint, metrics, plots and traces after ``epoch``."""
-        from pcsim.plots import plot_metrics, plot_reconstructions
+        from pcsim.plots import plot_metrics, plot_reconstructions, plot_uncertainty
         config, run_dir = self.config, self.run_dir
         self._save(epoch, ResumeCursor(epoch + 1, 0, self.generator.get_state()))
         write_json(run_dir / METRICS, self.result.metrics)
@@ -286,6 +288,12 @@ class _Run:
             plot_reconstructions(shown, self.trainer.reconstruct(shown),
                                  run_dir / "reconstructions.png",
                                  image_shape=self.data.image_shape)
+            top = self.trainer.precisions[-1]
+            if top is not None and top.variance().numel() > 1:  # per pixel or channel
+                layer = self.trainer.network.layers[-1]
+                plot_uncertainty(top.variance().expand(layer.shape).reshape(-1),
+                                 run_dir / "uncertainty.png", image_shape=self.data.image_shape,
+                                 mean_image=self.data.test_x[:1000].mean(0))
         tc = config.traces
         if tc.enabled and epoch in (tc.epochs or [config.learning.epochs]):
             trace_path = run_dir / tc.file

@@ -93,6 +93,41 @@ def plot_reconstructions(images, recons, path: str | Path, image_shape=None,
     return Path(path)
 
 
+def plot_uncertainty(variance, path: str | Path, image_shape=None,
+                     mean_image=None) -> Path:
+    """Write a PNG of a generative network's learned output variance per pixel (SPEC
+    2.4), the uncertainty map: one panel per channel with a colour bar, after the mean
+    test image when given. ``variance`` holds one value per pixel, flat or in
+    ``image_shape`` (the data's ``(C, H, W)`` or ``(H, W)``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    var = variance.detach().double().cpu().numpy()
+    if image_shape is None:
+        side = math.isqrt(var.size)
+        image_shape = (side, side)
+    shape = tuple(image_shape) if len(image_shape) == 3 else (1, *image_shape)
+    var = var.reshape(shape)
+    many = shape[0] > 1
+    panels = [(f"variance, channel {c}" if many else "learned variance", var[c], "magma")
+              for c in range(shape[0])]
+    if mean_image is not None:
+        mean = mean_image.detach().float().cpu().numpy().reshape(shape)
+        panels = [(f"mean image, channel {c}" if many else "mean test image", mean[c], "gray")
+                  for c in range(shape[0])] + panels
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 2.8), squeeze=False)
+    for ax, (title, img, cmap) in zip(axes[0], panels):
+        im = ax.imshow(img, cmap=cmap)
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    _save(fig, path)
+    return Path(path)
+
+
 def plot_energy_report(report: dict, path: str | Path) -> Path:
     """Bar chart: energy per sample by profile, for each counted phase (log scale).
     Hatched bars are lower bounds (a counted kind has no figure in the profile)."""

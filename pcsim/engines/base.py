@@ -102,12 +102,15 @@ class Trainer(Protocol):
     Attributes: ``network`` (:class:`pcsim.model.Network`), ``device``, ``dtype``,
     ``recorder`` (an :class:`OpRecorder` or None; counts only when the trainer's
     capabilities say ``counting``), ``grad_reducer`` (callable on the descent
-    directions, e.g. a data-parallel all-reduce, or None).
+    directions, e.g. a data-parallel all-reduce, or None), ``precisions`` (per layer
+    ``l = 0..L``: None for the layer's fixed ``prec``, else its learned precision, with
+    ``value()``, ``variance()``, ``summary()``; SPEC 2.4).
     """
 
     network: Any
     recorder: Optional[OpRecorder]
     grad_reducer: Any
+    precisions: list
 
     @classmethod
     def from_config(cls, config, network=None, device=None) -> "Trainer": ...

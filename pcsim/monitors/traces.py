@@ -27,9 +27,11 @@ from pcsim.monitors.hdf5 import TraceWriter
 __all__ = ["traced_populations", "spike_populations", "TraceRecorder", "record_traces"]
 
 
-def traced_populations(config, sizes) -> dict:
+def traced_populations(config, sizes, variances=None) -> dict:
     """Population name -> size for the populations ``config.traces`` selects, for a
-    network of layer ``sizes`` (``n_0..n_L``)."""
+    network of layer ``sizes`` (``n_0..n_L``). ``variances`` (layer -> how many learned
+    variances it holds, SPEC 2.4) adds a ``variance_l<l>`` report for each learned layer
+    the selection's ``layers`` include (its error neurons' variances over time)."""
     chosen = config.traces.populations
     layers = config.traces.layers
     out = {}
@@ -42,6 +44,9 @@ def traced_populations(config, sizes) -> dict:
                 out[name] = size
     if not out:
         raise ValueError(f"traces: populations {chosen} and layers {layers} select nothing")
+    for l, n in (variances or {}).items():
+        if layers is None or l in layers:
+            out[f"variance_l{l}"] = n
     return out
 
 
@@ -63,8 +68,9 @@ class TraceRecorder:
     """
 
     def __init__(self, populations: dict, spike_pops, batch: int, n_frames: int,
-                 n_layers: int):
+                 n_layers: int, variance_of=None):
         self.populations = dict(populations)
+        self.variance_of = variance_of  # layer -> its learned variances now (a tensor)
         self.frames = {p: np.empty((batch, n_frames, n), np.float32)
                        for p, n in self.populations.items()}
         self.energy = np.empty((batch, n_frames, n_layers))
@@ -73,6 +79,10 @@ class TraceRecorder:
     def on_frame(self, frame: int, xs, eps, energies) -> None:
         for p in self.populations:
             kind, l = p.split("_l")
+            if kind == "variance":  # shared by the samples: the same row for each
+                var = self.variance_of(int(l)).detach().float().reshape(1, -1).cpu().numpy()
+                self.frames[p][:, frame] = var
+                continue
             state = xs[int(l)] if kind == "value" else eps[int(l)]
             self.frames[p][:, frame] = state.float().reshape(state.shape[0], -1).cpu().numpy()
         self.energy[:, frame] = torch.stack(list(energies), 1).cpu().numpy()
@@ -109,13 +119,16 @@ def record_traces(trainer, data, config, path: Path, epoch: int, append: bool = 
 
     Each sample: input and label clamped, feedforward start, ``T`` Euler steps, the
     weights of ``epoch`` (no learning). Values, errors, per-layer energy at every
-    ``traces.every``-th step, and every event sent (event mode), batch by batch.
+    ``traces.every``-th step, and every event sent (event mode), batch by batch; a layer
+    with learned precision also reports its variances (``variance_l<l>``; they move
+    during inference only with a ``tau_prec``).
     """
     tc = config.traces
     xs, ys = (data.test_x, data.test_y) if tc.split == "test" else (data.train_x, data.train_y)
     indices = _indices(config, xs.shape[0])
     sizes = trainer.network.sizes
-    pops = traced_populations(config, sizes)
+    learned = {p.layer.index: p for p in trainer.precisions if p is not None}
+    pops = traced_populations(config, sizes, {l: p.variance().numel() for l, p in learned.items()})
     spikes = spike_populations(config, len(sizes), pops)
     attrs = {"config": yaml.safe_dump(config.model_dump(), sort_keys=False),
              "pcsim_version": __version__, "split": tc.split,
@@ -123,7 +136,9 @@ def record_traces(trainer, data, config, path: Path, epoch: int, append: bool = 
     writer = TraceWriter(path, pops, dt=config.dynamics.dt, every=tc.every,
                          n_steps=config.dynamics.steps, n_layers=len(sizes),
                          spike_populations=spikes, attrs=attrs, append=append,
-                         shapes={p: trainer.network.layers[int(p.split("_l")[1])].shape
+                         shapes={p: (tuple(learned[int(p.split("_l")[1])].variance().shape)
+                                     or (1,)) if p.startswith("variance")
+                                 else trainer.network.layers[int(p.split("_l")[1])].shape
                                  for p in pops})
     with writer:
         for start in range(0, len(indices), tc.batch_size):
@@ -131,7 +146,8 @@ def record_traces(trainer, data, config, path: Path, epoch: int, append: bool = 
             idx = torch.tensor(chunk, device=xs.device)
             labels = ys[idx]
             x0, target = batch_pair(config, data, xs[idx], labels, trainer.dtype)
-            rec = TraceRecorder(pops, spikes, len(chunk), writer.n_frames, len(sizes))
+            rec = TraceRecorder(pops, spikes, len(chunk), writer.n_frames, len(sizes),
+                                variance_of=lambda l: learned[l].variance())
             trainer.trace(x0, target, tc.every, rec.on_frame,
                           event_sink=rec.sink if spikes else None)
             writer.add_trials(np.array(chunk), labels.cpu().numpy(), epoch, rec.frames,

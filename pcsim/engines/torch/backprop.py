@@ -38,6 +38,7 @@ class BackpropTrainer(StoreOwner):
         for t in self.parameters():
             t.requires_grad_(True)
         self.maps = build_maps(network, self.params)
+        self.precisions = [None] * (self.L + 1)  # every precision is the layer's fixed one
         self.recorder = None
         self.grad_reducer = None
 

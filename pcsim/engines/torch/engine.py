@@ -246,8 +246,12 @@ class TorchEngine(StoreOwner):
     def trace(self, x0, target, every: int, on_frame, event_sink=None) -> None:
         """Run a training cycle's inference (no learning) and hand ``on_frame(frame, x,
         eps, layer_energies)`` the start and every ``every``-th step; events go to
-        ``event_sink``."""
+        ``event_sink``. What moves during inference (weights at a finite ``tau_w``,
+        variances at a ``tau_prec``) is put back afterwards: recording leaves the
+        trained network as it was."""
         self.event_sink = event_sink
+        kept = ({name: t.clone() for name, t in self.params.items()}
+                if self.plastic or self._continuous_names else {})
         try:
             x0, target = self._inputs(x0, target)
             dyn = self._dynamics()
@@ -258,6 +262,8 @@ class TorchEngine(StoreOwner):
                     [Frames(dyn, every, on_frame)], engine=self)
         finally:
             self.event_sink = None
+            for name, t in kept.items():
+                self.params[name].copy_(t)
 
     @torch.no_grad()
     def diagnose(self, x0, target) -> str:

@@ -26,6 +26,7 @@ from pcsim.engines.torch.maps import map_class
 from pcsim.model import equations as eq
 
 __all__ = ["PRECISIONS", "register_precision", "LearnedPrecision", "LogVarianceTorch",
+           "precision_metrics",
            "ParamStore",
            "build_precisions", "project_precisions", "check_precisions", "StoreOwner", "store_name",
            "flatten_named", "unflatten_named"]
@@ -72,6 +73,21 @@ class LearnedPrecision:
 
     def project(self) -> None:  # override: clip to the allowed range, in place
         pass
+
+    def variance(self):
+        """``sigma2 = 1 / prec``, in the shape of ``value()``."""
+        return self.value().reciprocal()
+
+    def at_floor(self):
+        """Which variances sit at their floor (bool, the shape of ``variance()``)."""
+        return torch.zeros_like(self.variance(), dtype=torch.bool)
+
+    def summary(self) -> dict:
+        """The smallest and largest variance and the share at the floor, as floats (what
+        a run's metrics record per epoch and layer)."""
+        var = self.variance().detach()
+        return {"min": float(var.min()), "max": float(var.max()),
+                "floor_share": float(self.at_floor().to(torch.float64).mean())}
 
     def problem(self) -> Optional[str]:
         """What stops the run, or None: here, a precision that is not finite and > 0."""
@@ -351,6 +367,13 @@ def check_precisions(precisions, when: str, eta_x: Optional[float] = None) -> No
                       "step of inference overshoots, so activity can diverge before the "
                       "floor is reached (raise sigma2_min to at least that)")
         raise FloatingPointError(f"learned precision of layer {p.layer.index}, {when}: {found}")
+
+
+def precision_metrics(precisions) -> dict:
+    """Per learned layer ``l``: ``variance_min_l<l>``, ``variance_max_l<l>`` and
+    ``variance_floor_share_l<l>`` (a run's metrics record them every epoch)."""
+    return {f"variance_{key}_l{p.layer.index}": value
+            for p in precisions if p is not None for key, value in p.summary().items()}
 
 
 def build_precisions(network, store: ParamStore) -> list:
