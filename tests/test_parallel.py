@@ -39,6 +39,29 @@ def test_two_gloo_processes_equal_one_process(mnist_root, tmp_path):
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
 
 
+def test_learned_precisions_are_all_reduced_like_the_weights(mnist_root, tmp_path):
+    """Learned variances (per neuron on layer 1, per layer on layer 3) are tensors of the
+    parameter store: the 2-rank all-reduce gives them the global batch's gradient, so
+    they, the weights and the recorded variance metrics agree with one process to
+    float64 round-off."""
+    common = [*ARGS, "--data-root", str(mnist_root), "--out", str(tmp_path),
+              "--set", "network.layers.1.precision={per: neuron}",
+              "--set", "network.layers.3.precision={per: layer, init: 0.5}"]
+    config = str(REPO / "networks" / "mnist_pc.yaml")
+    assert main(["run", config, "--set", "run.name=one", *common]) == 0
+    assert main(["run", config, "--nproc", "2", "--set", "run.name=two", *common]) == 0
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["params"]["tensors"]
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["params"]["tensors"]
+    assert list(one) == list(two) and {"log_sigma2_1", "log_sigma2_3"} <= set(one)
+    for name in one:
+        assert_close(two[name], one[name], atol=1e-12, what=name)
+    assert float(one["log_sigma2_3"]) != pytest.approx(float(torch.tensor(0.5).log()))
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())[-1]
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())[-1]
+    for key in ("variance_min_l1", "variance_max_l1", "variance_min_l3"):
+        assert abs(m1[key] - m2[key]) < 1e-12, key
+
+
 CONV_NET = """\
 network:
   layers:
