@@ -161,8 +161,8 @@ def main(argv=None) -> int:
             ops = rec["ops_per_train_sample"]
             ev["inference_syn_ops"] = ops["inference"].get("syn_ops_mac", 0) + \
                 ops["inference"].get("syn_ops_ac", 0)
-            ev["learning_weight_updates"] = ops["learning"]["weight_updates"]
-            ev["ratio_to_bp_macs"] = (ev["inference_syn_ops"] + ev["learning_weight_updates"]) / bp.macs
+            ev["learning_weight_grad_ops"] = ops["learning"]["weight_grad_ops"]
+            ev["ratio_to_bp_macs"] = (ev["inference_syn_ops"] + ev["learning_weight_grad_ops"]) / bp.macs
             ev["test_accuracy"] = rec["test_accuracy"]
             print(f"PC events theta={ev['theta']:g}: {100 * rec['test_accuracy']:.2f}%, "
                   f"{ev['ratio_to_bp_macs']:.2f}x BP's MACs", flush=True)
@@ -254,13 +254,13 @@ def write_readme(out, meta, rows, training, events, bp):
                      f"{v['ratio']:.2f}x | {100 * v['test_accuracy']:.2f}% |")
     if any("test_accuracy" in ev for ev in events):
         L.append("\n## Event-driven transmission (sigma-delta), trained event-driven\n")
-        L.append("Synaptic ops and weight updates per training sample counted during the last "
+        L.append("Synaptic ops and weight-gradient MACs per training sample counted during the last "
                  "epoch of the event-driven run (on its learned weights).\n")
-        L.append("| theta | T | inference synaptic ops | learning weight updates | total / BP MACs | accuracy |")
+        L.append("| theta | T | inference synaptic ops | learning weight-gradient MACs | total / BP MACs | accuracy |")
         L.append("|---|---|---|---|---|---|")
         for ev in events:
             L.append(f"| {ev['theta']:g} | {ev['T']} | {ev['inference_syn_ops']:,.0f} | "
-                     f"{ev['learning_weight_updates']:,.0f} | {ev['ratio_to_bp_macs']:.2f}x | "
+                     f"{ev['learning_weight_grad_ops']:,.0f} | {ev['ratio_to_bp_macs']:.2f}x | "
                      f"{100 * ev['test_accuracy']:.2f}% |")
     L += reading(rows, training, events, meta.get("stop_max"))
     (out / "README.md").write_text("\n".join(L) + "\n")

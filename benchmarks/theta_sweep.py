@@ -60,7 +60,7 @@ def measure(config, base, data, events, train_batches, profiles):
     engine.recorder = None
     counts = {"train": train_counter.result(), "test": test_counter.result()}
     report = build_energy_report(counts, profiles,
-                                 simulated_time={"train": config.dynamics.steps * config.dynamics.dt})
+                                 time_per_sample={"train": config.dynamics.steps * config.dynamics.dt})
     ops = {w: c.summary() for w, c in counts.items()}
     return {
         "mode": mode, "theta": None if events is None else events.theta,
@@ -69,7 +69,7 @@ def measure(config, base, data, events, train_batches, profiles):
         "test_syn_events": ops["test"]["inference"]["syn_events"],
         "train_syn_ops": _syn(ops["train"], "inference"),
         "train_syn_events": ops["train"]["inference"]["syn_events"],
-        "train_weight_updates": ops["train"]["learning"]["weight_updates"],
+        "train_weight_grad_ops": ops["train"]["learning"]["weight_grad_ops"],
         "train_active_fraction": (ops["train"]["inference"]["neuron_updates_active"]
                                   / ops["train"]["inference"]["neuron_updates"]),
         "energy": {stem: {"train": e["train"]["inference"]["energy_per_sample_J"]
@@ -122,7 +122,7 @@ def plot(rows, path):
 def table(rows, profiles) -> str:
     dense = rows[0]
     lines = ["| payload | theta | test acc. | syn ops / inference | vs dense | events / inference "
-             "| syn ops / train sample | vs dense | weight updates / train sample | active neuron updates |",
+             "| syn ops / train sample | vs dense | weight-gradient MACs / train sample | active neuron updates |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
@@ -130,7 +130,7 @@ def table(rows, profiles) -> str:
             f"{100 * r['test_accuracy']:.2f}% | {r['test_syn_ops']:,.0f} | "
             f"{r['test_syn_ops'] / dense['test_syn_ops']:.3f} | {r['test_syn_events']:,.0f} | "
             f"{r['train_syn_ops']:,.0f} | {r['train_syn_ops'] / dense['train_syn_ops']:.3f} | "
-            f"{r['train_weight_updates']:,.0f} | {100 * r['train_active_fraction']:.1f}% |")
+            f"{r['train_weight_grad_ops']:,.0f} | {100 * r['train_active_fraction']:.1f}% |")
     lines += ["", "Energy per sample (training sample: inference + learning; test: one read-out); "
               "`*` = lower bound, the profile has no figure for a counted kind:", "",
               "| payload | theta | " + " | ".join(f"{p} train | {p} test" for p in profiles) + " |",

@@ -91,12 +91,18 @@ def _energy(args) -> int:
                                 "false, by a pcsim without op counting, or did not finish an "
                                 "epoch)")
     counts = {work: OpCounts.from_json(data) for work, data in json.loads(path.read_text()).items()}
-    names = args.profile
-    if not names:
-        saved = run_dir / "energy_report.json"
-        names = (list(json.loads(saved.read_text())["profiles"]) if saved.exists()
-                 else available_profiles(args.profiles_dir))
-    report = build_energy_report(counts, names, args.profiles_dir)
+    saved_path = run_dir / "energy_report.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
+    names = args.profile or list(saved.get("profiles", ())) or available_profiles(args.profiles_dir)
+    times = saved.get("simulated_time_per_sample_s")
+    if times is None:  # a report of an older pcsim: from the run's config and metrics
+        from pcsim.config import load_config
+        from pcsim.experiment import time_per_sample
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        steps = next((m["inference_steps_mean"] for m in reversed(metrics)
+                      if "ops_per_train_sample" in m), None)
+        times = time_per_sample(load_config(run_dir / "config.yaml"), steps)
+    report = build_energy_report(counts, names, args.profiles_dir, times)
     print(json.dumps(report, indent=2) if args.json else format_energy_table(report))
     return 0
 

@@ -31,7 +31,7 @@ from pcsim.training import (TrainLoop, build_trainer, check_trainer, counting_en
                             new_counter, run_device_name)
 
 __all__ = ["RunResult", "run_experiment", "evaluate", "describe", "build_trainer", "load_run",
-           "machine_info", "record_traces", "traced_populations", "batch_pair",
+           "machine_info", "record_traces", "time_per_sample", "traced_populations", "batch_pair",
            "write_energy_report", "CHECKPOINT", "CONFIG", "ENERGY_REPORT", "METRICS",
            "OP_COUNTS", "RUN_INFO"]
 
@@ -50,19 +50,30 @@ class RunResult:
         return self.metrics[-1].get("test_accuracy", float("nan")) if self.metrics else float("nan")
 
 
+def time_per_sample(config: ExperimentConfig, inference_steps: Optional[float] = None) -> dict:
+    """Simulated time of one sample's work, per counted work (SPEC 4: the steps its
+    inference ran times ``dt``), for the static power of a profile.
+
+    Training: ``inference_steps`` (the counted epoch's measured mean, fewer than ``T``
+    after convergence stops; ``T`` when not given) times ``dt``; 0 for backprop. Test: a
+    generative read-out infers for ``T`` steps; a supervised one is the feedforward pass,
+    one step per layer (``L dt``)."""
+    dyn = config.dynamics
+    steps = dyn.steps if inference_steps is None else inference_steps
+    pc = config.learning.rule == "pc"
+    test_steps = dyn.steps if config.network.mode == "generative" else len(config.network.layers) - 1
+    return {"train": steps * dyn.dt if pc else 0.0, "test": test_steps * dyn.dt if pc else 0.0}
+
+
 def write_energy_report(run_dir: Path, counts: dict, config: ExperimentConfig,
                         profiles_folder=None, inference_steps: Optional[float] = None) -> dict:
-    """Write op_counts.json, energy_report.json and energy_report.png for ``counts``.
-
-    The static energy of training covers ``inference_steps * dt`` of simulated time per
-    sample: the measured mean number of inference steps of the counted epoch (fewer than
-    ``T`` after convergence stops; ``T`` when not given; 0 for backprop)."""
+    """Write op_counts.json, energy_report.json and energy_report.png for ``counts``;
+    static power is charged per sample for :func:`time_per_sample`."""
     from pcsim.plots import plot_energy_report
     write_json(run_dir / OP_COUNTS, {work: c.to_json() for work, c in counts.items()})
     names = config.hw_profiles or available_profiles(profiles_folder)
-    steps = config.dynamics.steps if inference_steps is None else inference_steps
-    steps_time = steps * config.dynamics.dt if config.learning.rule == "pc" else 0.0
-    report = build_energy_report(counts, names, profiles_folder, {"train": steps_time})
+    report = build_energy_report(counts, names, profiles_folder,
+                                 time_per_sample(config, inference_steps))
     write_json(run_dir / ENERGY_REPORT, report)
     plot_energy_report(report, run_dir / "energy_report.png")
     return report

@@ -101,3 +101,55 @@ def test_malformed_profile_names_file_and_key(tmp_path, change, key, expected):
 def test_unknown_profile_lists_the_available_ones():
     with pytest.raises(ProfileError, match="loihi"):
         load_profile("loihi3", REPO / "hw_profiles")
+
+
+def _static_profile(tmp_path, watts="2 W"):
+    data = _profile_dict()
+    data["static_power"] = {"value": watts, "basis": "assumed", "source": "test fixture"}
+    return load_profile(_write(tmp_path, data, "static.yaml"))
+
+
+def test_static_energy_is_per_sample_not_per_counted_batch(tmp_path):
+    """SPEC 4: static power times the simulated time of one sample's inference, per
+    sample: 2 W x 20 ms = 40 mJ a sample, whether 10 or 1000 samples were counted (the
+    dynamic energy per sample is the same in both, 1000 1-pJ MACs)."""
+    profile = _static_profile(tmp_path)
+    per_sample = []
+    for n in (10, 1000):
+        counts = OpCounts({("inference", 1, "W_1", "syn_ops_mac"): 1000 * n}, n_samples=n)
+        phase = estimate_energy(counts, profile, time_per_sample=0.020).phases["inference"]
+        assert phase.energy["static"] == pytest.approx(2.0 * 0.020 * n, rel=1e-15)
+        per_sample.append(phase.per_sample)
+    assert per_sample[0] == pytest.approx(per_sample[1], rel=1e-12)
+    assert per_sample[0] == pytest.approx(0.040 + 1000 * 1e-12, rel=1e-12)
+
+
+def test_run_and_pcsim_energy_charge_static_power_alike(mnist_root, tmp_path, monkeypatch,
+                                                        capsys):
+    """A counted run prices static power per sample for T dt of training inference
+    (4 steps x 1 ms) and L dt of the feedforward test read-out (3 layers x 1 ms);
+    `pcsim energy RUN` reproduces the saved report exactly, static term included."""
+    import json
+    from pcsim.cli import main
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    _static_profile(profiles)
+    monkeypatch.setenv("PCSIM_HW_PROFILES", str(profiles))
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
+               "--out", str(tmp_path), "--set", "run.name=s", "--epochs", "1", "--no-progress",
+               "--set", "data.limit_train=200", "--set", "data.limit_test=100",
+               "--set", "network.layers.1.size=16", "--set", "network.layers.2.size=16",
+               "--set", "dynamics.n_steps=4", "--set", "run.device=cpu",
+               "--set", "run.threads=1"])
+    assert rc == 0
+    saved = json.loads((tmp_path / "s" / "energy_report.json").read_text())
+    assert saved["simulated_time_per_sample_s"] == {"train": pytest.approx(0.004),
+                                                    "test": pytest.approx(0.003)}
+    train = saved["profiles"]["static"]["train"]["inference"]["per_kind"]["static"]
+    test = saved["profiles"]["static"]["test"]["inference"]["per_kind"]["static"]
+    assert train["energy_per_sample_J"] == pytest.approx(2.0 * 0.004, rel=1e-12)
+    assert test["energy_per_sample_J"] == pytest.approx(2.0 * 0.003, rel=1e-12)
+    capsys.readouterr()
+    assert main(["energy", str(tmp_path / "s"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["profiles"] == saved["profiles"]

@@ -78,7 +78,7 @@ class EnergyReport:
 
 
 def estimate_energy(counts, profile: HardwareProfile, phases=("inference", "learning"),
-                    simulated_time: float = 0.0) -> EnergyReport:
+                    time_per_sample: float = 0.0) -> EnergyReport:
     """Price ``counts`` with ``profile``.
 
     Parameters
@@ -86,9 +86,11 @@ def estimate_energy(counts, profile: HardwareProfile, phases=("inference", "lear
     counts : OpCounts
     profile : HardwareProfile
     phases : sequence of str
-    simulated_time : float, s
-        Simulated time of the counted work, for a profile with static power (charged to
-        the inference phase).
+    time_per_sample : float, s
+        Simulated time of one sample's work (SPEC 4: the steps its inference ran times
+        ``dt``), for a profile with static power: each of the ``n_samples`` counted
+        samples is charged ``static_power * time_per_sample`` in the inference phase,
+        so the static energy per sample does not depend on how many were counted.
 
     Returns
     -------
@@ -112,8 +114,8 @@ def estimate_energy(counts, profile: HardwareProfile, phases=("inference", "lear
             if n:
                 totals[key] = n
                 missing.append(key)
-        if phase == "inference" and profile.static_power.value is not None and simulated_time:
-            energy["static"] = profile.static_power.value * simulated_time
+        if phase == "inference" and profile.static_power.value is not None and time_per_sample:
+            energy["static"] = profile.static_power.value * time_per_sample * counts.n_samples
             totals["static"] = 0
         out[phase] = PhaseEnergy(phase, counts.n_samples, totals, energy, missing)
     return EnergyReport(profile.stem, profile.name, counts.mode, out)

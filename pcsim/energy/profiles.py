@@ -28,7 +28,8 @@ ENERGY_KINDS = {
     "syn_event": "syn_events",
     "neuron_update_active": "neuron_updates_active",
     "neuron_update_idle": "neuron_updates_idle",
-    "weight_update": "weight_updates",
+    "weight_grad_op": "weight_grad_ops",
+    "weight_update": "weight_writes",
     "mem_read_byte": "mem_read_bytes",
     "mem_write_byte": "mem_write_bytes",
 }

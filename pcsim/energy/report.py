@@ -9,12 +9,16 @@ __all__ = ["build_energy_report", "format_energy_table"]
 
 
 def build_energy_report(counts: dict, profiles: list[str], folder=None,
-                        simulated_time: dict | None = None) -> dict:
+                        time_per_sample: dict | None = None) -> dict:
     """Price every counted work (``{"train": OpCounts, "test": OpCounts}``) with every
-    profile; return a JSON-ready report."""
-    simulated_time = simulated_time or {}
+    profile; return a JSON-ready report. ``time_per_sample`` (work -> s) is the simulated
+    time of one sample's inference, charged at a profile's static power (SPEC 4); the
+    report keeps it, so ``pcsim energy`` prices a finished run the same way."""
+    time_per_sample = {w: float(t) for w, t in (time_per_sample or {}).items()}
     out = {"counts_from": {work: c.mode for work, c in counts.items()},
            "n_samples": {work: c.n_samples for work, c in counts.items()},
+           "simulated_time_per_sample_s": {work: time_per_sample.get(work, 0.0)
+                                           for work in counts},
            "ops_per_sample": {work: c.summary() for work, c in counts.items()},
            "profiles": {}}
     for name in profiles:
@@ -23,7 +27,7 @@ def build_energy_report(counts: dict, profiles: list[str], folder=None,
                  "bases": {k: e.basis for k, e in profile.energies.items()}}
         for work, c in counts.items():
             phases = ("inference", "learning") if work == "train" else ("inference",)
-            report = estimate_energy(c, profile, phases, simulated_time.get(work, 0.0))
+            report = estimate_energy(c, profile, phases, time_per_sample.get(work, 0.0))
             entry[work] = {p: e.to_json() for p, e in report.phases.items()}
         out["profiles"][profile.stem] = entry
     return out

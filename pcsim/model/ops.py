@@ -18,7 +18,8 @@ class Op(str, Enum):
     SYN_OPS_AC = "syn_ops_ac"                        # the same for integer payloads
     NEURON_UPDATES = "neuron_updates"                # per neuron per step
     NEURON_UPDATES_ACTIVE = "neuron_updates_active"  # those that sent or received an event
-    WEIGHT_UPDATES = "weight_updates"                # per plastic synapse per learning step
+    WEIGHT_GRAD_OPS = "weight_grad_ops"              # local-gradient MACs, per synapse per sample
+    WEIGHT_WRITES = "weight_writes"                  # per plastic parameter per learning step
     PREC_UPDATES = "prec_updates"                    # per learned variance per learning step
     MEM_READ_BYTES = "mem_read_bytes"                # one weight read per synaptic op / update
     MEM_WRITE_BYTES = "mem_write_bytes"              # one state write per neuron / weight update

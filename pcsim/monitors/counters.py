@@ -12,12 +12,15 @@ learning step is step 0 of ``learning``):
 ``syn_ops_ac``             the same for integer payloads (ACs)
 ``neuron_updates``         per neuron per step
 ``neuron_updates_active``  those that sent or received an event (dense mode: all)
-``weight_updates``         per plastic synapse per learning step and sample (event mode:
-                           only synapses with nonzero pre and post factors)
+``weight_grad_ops``        the accumulation of the local weight gradient: a MAC per
+                           plastic synapse per sample (a convolution's kernel entry per
+                           output position; event mode: only nonzero pre and post factors)
+``weight_writes``          one write per plastic parameter (weight or bias) per learning
+                           step, however many samples the step averages
 ``prec_updates``           per learned variance per learning step (SPEC 2.4; a
                            continuously learned one: per variance per Euler step)
-``mem_read_bytes``         one weight read per synaptic op and per weight update
-``mem_write_bytes``        one state write per neuron update, one per weight update
+``mem_read_bytes``         one weight read per synaptic op and per weight write
+``mem_write_bytes``        one state write per neuron update, one per weight write
 =========================  ==========================================================
 
 The memory model is deliberately simple (weights and neuron states touched, at the
@@ -32,7 +35,8 @@ from dataclasses import dataclass, field
 __all__ = ["KINDS", "OpCounter", "OpCounts"]
 
 KINDS = ("dense_macs", "syn_events", "syn_ops_mac", "syn_ops_ac", "neuron_updates",
-         "neuron_updates_active", "weight_updates", "prec_updates", "mem_read_bytes",
+         "neuron_updates_active", "weight_grad_ops", "weight_writes", "prec_updates",
+         "mem_read_bytes",
          "mem_write_bytes")
 
 

@@ -101,7 +101,8 @@ def test_dense_counts_by_hand():
     syn_events = 3 + 4 + 2 * (2 + 4 + 4) = 27; syn_ops_mac = 52 + 2 * 4 = 60.
     Neuron updates: step 0 updates value and error neurons of layers 1-2 (4+4+2+2 = 12);
     each step the free value_l1 (4) and error_l1, error_l2 (4 + 2): 12 + 2 * 10 = 32.
-    Learning: 12 + 8 = 20 weight updates (one per synapse)."""
+    Learning: 12 + 8 = 20 gradient MACs (one per synapse, 1 sample) and 12 + 8 + 4 + 2 =
+    26 weight writes (one per weight and bias)."""
     net = make_network([3, 4, 2], ["identity", "tanh", "identity"])
     eng = TorchEngine(net, make_dynamics(dt=1e-3, tau_x=10e-3, n_steps=2), dtype=torch.float64)
     eng.recorder = OpCounter()
@@ -111,12 +112,13 @@ def test_dense_counts_by_hand():
     assert c.total("syn_events", "inference") == 27
     assert c.total("syn_ops_mac", "inference") == 60
     assert c.total("neuron_updates") == 32 and c.total("neuron_updates_active") == 32
-    assert c.total("weight_updates", "learning") == 20
+    assert c.total("weight_grad_ops", "learning") == 20
+    assert c.total("weight_writes", "learning") == 26
     assert c.total("dense_macs", "learning") == 20 == pc_train_cost(net, 2).learning_macs
     assert c.by("step", "dense_macs", "inference") == {0: 20, 1: 16, 2: 16}
-    # float64: one weight read per synaptic op through a projection (52) and per weight
-    # update (20); the one-to-one eps links carry no weight
-    assert c.total("mem_read_bytes") == 8 * (52 + 20)
+    # float64: one weight read per synaptic op through a projection (52) and per
+    # parameter written (26); the one-to-one eps links carry no weight
+    assert c.total("mem_read_bytes") == 8 * (52 + 26)
 
 
 def test_event_counts_by_hand():
@@ -140,19 +142,24 @@ def test_event_counts_by_hand():
     assert_close(s.a[1], torch.tensor([[1.0, 0.0, 2.0]]), atol=0)  # receivers hold W [1, 0]
 
 
-def neurobench_synops(message, weight, dense):
+def neurobench_synops(message, weight, dense, every_input=None):
     """NeuroBench's synaptic-operation count of one linear layer on one message,
     reproduced from its definition (neurobench/metrics/utils/layers/macs.py,
     ``stateless_layer_macs``): binarise the weights and the input (nonzero -> 1; every
-    entry -> 1 for the dense count), zero the bias, run the layer, sum the outputs."""
+    entry -> 1 for the dense count), zero the bias, run the layer, sum the outputs.
+    ``every_input``: every input counts as sent, the weights still binarised by nonzero
+    (SPEC 4's dense-mode syn_ops: the fan-out over nonzero weights of every sender)."""
     w_bin = torch.ones_like(weight) if dense else (weight != 0).to(weight.dtype)
-    x_bin = torch.ones_like(message) if dense else (message != 0).to(message.dtype)
+    x_bin = (torch.ones_like(message) if dense or every_input
+             else (message != 0).to(message.dtype))
     return int((x_bin @ w_bin.t()).sum())
 
 
 def test_counts_match_neurobench_definitions():
     """On the same messages, pcsim's event-mode syn_ops equal NeuroBench's effective
-    synaptic operations and its dense-mode count equals NeuroBench's dense count."""
+    synaptic operations and its dense-mode dense_macs NeuroBench's dense count; dense
+    mode's syn_ops are every sender's fan-out over the nonzero weights (SPEC 4), not the
+    products executed."""
     net = make_network([9, 6], ["identity", "identity"])
     weight = torch.randn(6, 9, dtype=torch.float64)
     weight[weight.abs() < 0.5] = 0  # about 38% zeros
@@ -164,5 +171,47 @@ def test_counts_match_neurobench_definitions():
             pairs(eng.params)[0][0].copy_(weight)
         eng.recorder = OpCounter()
         eng.init_state(x0, phase="test")  # one message: x_0 from zero, at the feedforward start
-        ops = eng.recorder.result().total("syn_ops_mac", target="W_1")
-        assert ops == neurobench_synops(x0, weight, dense)
+        counts = eng.recorder.result()
+        ops = counts.total("syn_ops_mac", target="W_1")
+        if dense:
+            assert counts.total("dense_macs", target="W_1") == neurobench_synops(x0, weight, True)
+            assert ops == neurobench_synops(x0, weight, False, every_input=True) < 4 * 54
+        else:
+            assert ops == neurobench_synops(x0, weight, False)
+
+
+def test_dense_syn_ops_count_only_nonzero_weights_per_evaluation():
+    """SPEC 4: a dense 3 -> 4 projection with 4 nonzero weights of 12 reports 4 syn ops
+    per sample per evaluation (12 dense MACs), in PC inference (forward at the start, the
+    adjoint at each step reaches the nonzero fan-in of every error neuron) and in the BP
+    twin's forward pass; weight-gradient MACs still cover all 12 synapses per sample and
+    the learning step writes each of the 16 parameters once (2 samples)."""
+    from pcsim.engines.torch.backprop import BackpropTrainer
+
+    net = make_network([3, 4, 2], ["identity", "tanh", "identity"])
+    weight = torch.zeros(4, 3, dtype=torch.float64)
+    weight[0, 0], weight[1, 2], weight[2, 1], weight[3, 2] = 1.0, -0.5, 0.7, 2.0
+    for trainer in (TorchEngine(net, make_dynamics(n_steps=3), dtype=torch.float64),
+                    BackpropTrainer(net, dtype=torch.float64)):
+        with torch.no_grad():
+            trainer.params["W_1"].copy_(weight)
+            trainer.params["W_2"].fill_(0.5)
+            trainer.params["W_2"][0, 1] = 0.0  # 7 of 8 nonzero
+        trainer.recorder = OpCounter()
+        opt = torch.optim.SGD(trainer.parameters(), lr=0.0)
+        trainer.train_batch(torch.randn(2, 3, dtype=torch.float64),
+                            torch.randn(2, 2, dtype=torch.float64), opt)
+        c = trainer.recorder.result()
+
+        def by_step(kind, target, phase="inference"):
+            return {k[1]: int(v) for k, v in c.cells.items()
+                    if k[0] == phase and k[2] == target and k[3] == kind}
+
+        assert by_step("syn_ops_mac", "W_1") == {0: 2 * 4}
+        assert by_step("dense_macs", "W_1") == {0: 2 * 12}
+        assert c.total("weight_grad_ops", "learning", target="W_1") == 2 * 12
+        assert c.total("weight_writes", "learning", target="W_1") == 12 + 4
+        if isinstance(trainer, TorchEngine):  # x_1 moves: W_2 forward and W_2^T each step
+            assert by_step("syn_ops_mac", "W_2^T") == {k: 2 * 7 for k in (1, 2, 3)}
+        else:  # backprop's adjoint through W_2 in the learning phase
+            assert c.total("syn_ops_mac", "learning", target="W_2^T") == 2 * 7

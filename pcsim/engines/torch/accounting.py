@@ -23,13 +23,17 @@ def _add(rec, phase, step, target, op: Op, value) -> None:
     rec.add(phase, step, target, op.value, value)
 
 
-def count_dense(rec, step, target, rows, macs, n_senders, size, phase=INFERENCE) -> None:
-    """A dense map evaluation: every sender transmits, reaching every receiver."""
+def count_dense(rec, step, target, rows, macs, n_senders, size, phase=INFERENCE,
+                reach=None) -> None:
+    """A dense map evaluation: every sender transmits; ``dense_macs`` are the products
+    executed, ``syn_ops`` the nonzero weights reached (SPEC 4: ``reach`` per sample, the
+    map's summed fan-out; None: every weight is nonzero)."""
     n = rows * macs
+    ops = n if reach is None else rows * reach
     _add(rec, phase, step, target, Op.DENSE_MACS, n)
     _add(rec, phase, step, target, Op.SYN_EVENTS, rows * n_senders)
-    _add(rec, phase, step, target, Op.SYN_OPS_MAC, n)
-    _add(rec, phase, step, target, Op.MEM_READ_BYTES, n * size)
+    _add(rec, phase, step, target, Op.SYN_OPS_MAC, ops)
+    _add(rec, phase, step, target, Op.MEM_READ_BYTES, ops * size)
 
 
 def count_one_to_one(rec, step, target, rows, n) -> None:
@@ -73,20 +77,25 @@ def count_updates(rec, step, population, n) -> None:
     _add(rec, INFERENCE, step, population, Op.NEURON_UPDATES_ACTIVE, n)
 
 
-def count_backward(rec, target, n) -> None:
-    """Backprop's adjoint product through ``target`` (``n`` MACs, learning phase)."""
+def count_backward(rec, target, n, ops=None) -> None:
+    """Backprop's adjoint product through ``target`` (``n`` MACs executed, ``ops`` of
+    them through nonzero weights; learning phase)."""
     _add(rec, LEARNING, 0, target, Op.DENSE_MACS, n)
-    _add(rec, LEARNING, 0, target, Op.SYN_OPS_MAC, n)
+    _add(rec, LEARNING, 0, target, Op.SYN_OPS_MAC, n if ops is None else ops)
 
 
-def count_learning(rec, target, n_updates, size, dense_macs=None) -> None:
-    """Weight updates of a learning step (``dense_macs``: the products a dense
-    weight-gradient map executes, when it is dense)."""
+def count_learning(rec, target, grad_ops, n_params, size, dense_macs=None) -> None:
+    """One learning step of a projection (SPEC 4): ``grad_ops`` MACs accumulating the
+    local gradient over the batch's samples (``weight_grad_ops``), then one write of each
+    of its ``n_params`` plastic parameters (``weight_writes``: per step, not per sample),
+    each read and written once. ``dense_macs``: the products a dense weight-gradient
+    map executes, when it is dense."""
     if dense_macs is not None:
         _add(rec, LEARNING, 0, target, Op.DENSE_MACS, dense_macs)
-    _add(rec, LEARNING, 0, target, Op.WEIGHT_UPDATES, n_updates)
-    _add(rec, LEARNING, 0, target, Op.MEM_READ_BYTES, n_updates * size)
-    _add(rec, LEARNING, 0, target, Op.MEM_WRITE_BYTES, n_updates * size)
+    _add(rec, LEARNING, 0, target, Op.WEIGHT_GRAD_OPS, grad_ops)
+    _add(rec, LEARNING, 0, target, Op.WEIGHT_WRITES, n_params)
+    _add(rec, LEARNING, 0, target, Op.MEM_READ_BYTES, n_params * size)
+    _add(rec, LEARNING, 0, target, Op.MEM_WRITE_BYTES, n_params * size)
 
 
 def count_prec_updates(rec, target, step, n_values, size) -> None:

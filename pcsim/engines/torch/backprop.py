@@ -75,17 +75,21 @@ class BackpropTrainer(StoreOwner):
         """Dense counts of a forward pass (SPEC 4), reported to the recorder."""
         rec, size = self.recorder, acc.itemsize(self.dtype)
         for p in self.network.projections:
-            acc.count_dense(rec, 0, f"W_{p.index}", rows, p.macs, p.n_pre, size)
+            acc.count_dense(rec, 0, f"W_{p.index}", rows, p.macs, p.n_pre, size,
+                            reach=self.maps[p.index].fan_out().sum())
             acc.count_updates(rec, 0, f"value_l{p.index}", rows * p.n_post)
 
     def _count_backward(self, rows):
         """Dense counts of backprop's backward pass and weight gradients."""
         rec, size = self.recorder, acc.itemsize(self.dtype)
         for p in self.network.projections:
+            m = self.maps[p.index]
             if p.index >= 2:  # gradient w.r.t. the input of projection l (not needed for x_0)
-                acc.count_backward(rec, f"W_{p.index}^T", rows * p.macs)
+                acc.count_backward(rec, f"W_{p.index}^T", rows * p.macs,
+                                   rows * m.fan_in().sum())
             n = rows * p.grad_macs
-            acc.count_learning(rec, f"W_{p.index}", n, size, dense_macs=n)
+            acc.count_learning(rec, f"W_{p.index}", n,
+                               sum(t.numel() for t in m.tensors.values()), size, dense_macs=n)
 
     def loss(self, x0, target):
         top = self.network.layers[self.L]

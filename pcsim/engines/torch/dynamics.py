@@ -113,7 +113,8 @@ class Dynamics:
                     mu=[None] * (L + 1), f_prime_a=[None] * (L + 1), eps=[None] * (L + 1),
                     g=[None] * (L + 1), route=[None] * (L + 1))
         s.x[0] = x0
-        wire = Wire(self.recorder, self.sink, acc.itemsize(x0.dtype))
+        wire = Wire(self.recorder, self.sink, acc.itemsize(x0.dtype),
+                    static_weights=not self.plastic)
         s.links = build_links(self.network, self.maps, wire, x0.shape[0], self.events,
                               x0.device, x0.dtype)
         s.events = s.links if s.links.event else None
@@ -291,12 +292,14 @@ class Dynamics:
                               s.x[0].shape[0], s.links.active, s.links.wire.size, initial)
 
     def _count_learning(self, s, l, pre, g):
-        """Every synapse per sample (dense), or those whose pre and post factors are both
-        nonzero (event mode)."""
+        """Gradient MACs of every synapse per sample (dense), or of those whose pre and
+        post factors are both nonzero (event mode); one write per parameter."""
         p, rows = self.network.projections[l - 1], pre.shape[0]
+        n_params = sum(t.numel() for t in self.maps[l].tensors.values())
         if s.events is None:
             n = rows * p.grad_macs
-            acc.count_learning(self.recorder, f"W_{l}", n, s.links.wire.size, dense_macs=n)
+            acc.count_learning(self.recorder, f"W_{l}", n, n_params, s.links.wire.size,
+                               dense_macs=n)
         else:
             n = self.maps[l].active_pairs(pre != 0, g != 0)
-            acc.count_learning(self.recorder, f"W_{l}", n, s.links.wire.size)
+            acc.count_learning(self.recorder, f"W_{l}", n, n_params, s.links.wire.size)

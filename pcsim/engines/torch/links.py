@@ -34,6 +34,7 @@ class Wire:
     size: int = 4  # bytes per value
     integer: bool = False  # integer payloads (AC ops)
     active: Optional[dict] = None  # population -> (batch, n) bool, event mode only
+    static_weights: bool = True  # weights fixed for the batch (tau_w = inf): reach is cached
 
 
 class Link:
@@ -59,6 +60,7 @@ class Link:
         self.target, self.sender, self.receiver = target, sender, receiver
         self.macs, self.n_senders, self.coder = macs, n_senders, coder
         self.held = held  # what the receivers hold (event mode), without a bias
+        self._reach = None  # nonzero weights one sample's dense evaluation reaches
 
     @property
     def sent(self):
@@ -86,12 +88,17 @@ class Link:
         return self.map.with_bias(self.held) if self.direction == FORWARD else self.held
 
     def _count_dense(self, rows, step):
+        """Every sender transmits; ``syn_ops`` counts the nonzero weights reached (SPEC 4),
+        ``dense_macs`` every product executed."""
         rec = self.wire.recorder
         if self.direction == ONE_TO_ONE:
             acc.count_one_to_one(rec, step, self.target, rows, self.n_senders)
-        else:
-            acc.count_dense(rec, step, self.target, rows, self.macs, self.n_senders,
-                            self.wire.size)
+            return
+        if self._reach is None or not self.wire.static_weights:
+            fan = self.map.fan_out() if self.direction == FORWARD else self.map.fan_in()
+            self._reach = fan.sum()
+        acc.count_dense(rec, step, self.target, rows, self.macs, self.n_senders,
+                        self.wire.size, reach=self._reach)
 
     def _count_events(self, mask, step):
         """``syn_ops`` adds each event's fan-out; sender and reached receivers are marked
