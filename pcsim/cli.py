@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 import sys
 from typing import Optional, Sequence
 
@@ -196,6 +197,27 @@ def _traces(args) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line that names pcsim, not the source line that raised it."""
+    return f"pcsim: warning: {message}\n"
+
+
+def _stop_on_termination() -> None:
+    """SIGTERM (batch schedulers, ``docker stop``) and SIGQUIT stop a command like Ctrl-C:
+    the atomic writes in flight are cleaned up and completed epochs stay."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGQUIT"):
+        if hasattr(signal, name):
+            try:
+                signal.signal(getattr(signal, name), stop)
+            except ValueError:  # not the main thread (an embedding application)
+                pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `pcsim` command; returns the exit status."""
     from pcsim.config import ConfigError
@@ -204,7 +226,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pcsim.units import UnitError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    warnings.formatwarning = _one_line_warning
     args = build_parser().parse_args(argv)
+    _stop_on_termination()
     if args.command == "run" and args.nproc and args.nproc > 1:
         return _launch(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -214,10 +238,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"pcsim {args.command}: failed: {exc}", file=sys.stderr)
         return 1
     except (ConfigError, ProfileError, TraceError, UnitError, FileNotFoundError, FileExistsError,
-            ValueError, RuntimeError) as exc:
+            ValueError, RuntimeError, MemoryError) as exc:
         print(f"pcsim {args.command}: error: {exc}", file=sys.stderr)  # bad input: exit 2
         return 2
-    except KeyboardInterrupt:
-        print(f"pcsim {args.command}: interrupted; completed epochs are in the run folder",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        why = f" by {exc.args[0]}" if exc.args else ""
+        print(f"pcsim {args.command}: interrupted{why}; completed epochs and the last "
+              "checkpoint are in the run folder (pcsim resume continues)", file=sys.stderr)
         return 130

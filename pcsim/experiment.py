@@ -20,14 +20,17 @@ from pcsim.engines.torch.optim import make_optimizer, make_scheduler
 from pcsim.engines.torch.params import precision_metrics
 from pcsim.evaluation import describe, evaluate
 from pcsim.model import Network, bp_train_cost, feedforward_cost, pc_train_cost
-from pcsim.monitors.traces import record_traces, traced_populations
+from pcsim.monitors import OpCounts
+from pcsim.monitors.traces import record_traces, traced_populations, traces_hold_epoch
 from pcsim.parallel import from_env
 from pcsim.runfolder import (CHECKPOINT, CONFIG, ENERGY_REPORT, METRICS, OP_COUNTS, RUN_INFO,
-                             ResumeCursor, check_resumable, load_resume_checkpoint,
+                             ResumeCursor, check_out, check_resumable, load_resume_checkpoint,
+                             lock_run_dir, remove_stale_temporaries,
                              machine_info, make_run_dir, now, read_checkpoint,
                              save_checkpoint, start_run_info, write_config, write_run_info)
 from pcsim.runio import write_json
-from pcsim.training import (TrainLoop, build_trainer, check_trainer, counting_enabled,
+from pcsim.training import (TrainLoop, build_trainer, check_memory, check_trainer,
+                            counting_enabled,
                             new_counter, run_device_name)
 
 __all__ = ["RunResult", "run_experiment", "evaluate", "describe", "build_trainer", "load_run",
@@ -145,9 +148,12 @@ class _Run:
                                     config.run.dist_timeout)
         self.par = par
         check_trainer(config, data_parallel=par.active)
+        if resume is None and par.is_main:
+            check_out(config, out)
         self.dtype = getattr(torch, config.run.dtype)
         self.network = Network.from_config(config.network)
         _check_shapes(config, self.network, source)
+        check_memory(config, self.network, self.device, source)
         root = resolve_data_root(config.data.root, data_root)
         # config.yaml, checkpoints and traces all carry the resolved data root
         self.config = config = config.model_copy(update={
@@ -162,6 +168,7 @@ class _Run:
         self.costs = _train_cost(config, self.network), feedforward_cost(self.network)
         self.generator = torch.Generator().manual_seed(config.learning.seed)
         self.result = None
+        self.final_counts = None  # the counted epoch's op counts (JSON) and mean steps
 
     # ------------------------------------------------------------------ setup
     def _open_folder(self) -> ResumeCursor:
@@ -170,9 +177,14 @@ class _Run:
         if self.resume is not None:
             self.run_dir = Path(self.resume)
             ckpt = load_resume_checkpoint(self.run_dir, self.config)
+            if par.is_main:
+                self._lock = lock_run_dir(self.run_dir)
+                remove_stale_temporaries(self.run_dir)
         else:
             run_dir = make_run_dir(self.config, self.source, self.out) if par.is_main else None
             self.run_dir = Path(par.broadcast(str(run_dir) if run_dir else None))
+            if par.is_main:
+                self._lock = lock_run_dir(self.run_dir)
         self.result = RunResult(self.run_dir)
         if par.is_main:
             write_config(self.run_dir, self.config)
@@ -194,6 +206,7 @@ class _Run:
         cursor = ResumeCursor.from_dict(ckpt["progress"])
         self.generator.set_state(cursor.gen_state)
         self.result.metrics = list(ckpt["metrics"] or [])
+        self.final_counts = ckpt.get("final_counts")
         return cursor
 
     def _check_batches(self) -> None:
@@ -206,13 +219,22 @@ class _Run:
 
     def _save(self, epoch: int, cursor: ResumeCursor) -> None:
         save_checkpoint(self.run_dir / CHECKPOINT, self.trainer, self.optimizer, self.scheduler,
-                        self.config, epoch, cursor, metrics=self.result.metrics)
+                        self.config, epoch, cursor, metrics=self.result.metrics,
+                        extra={"final_counts": self.final_counts})
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
+        self._check_batches()
+        self._lock = None
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:  # the folder is free for a resume
+                self._lock.close()
+
+    def _run(self) -> RunResult:
         from tqdm.auto import tqdm
 
-        self._check_batches()
         cursor = self._open_folder()
         config, par = self.config, self.par
         n_batches = math.ceil(self.data.train_x.shape[0] / config.learning.batch_size)
@@ -222,20 +244,43 @@ class _Run:
                    initial=(cursor.epoch - 1) * n_batches + cursor.batch)
         loop = TrainLoop(config, self.trainer, self.optimizer, self.data, par, self.device,
                          self.dtype, self.run_dir, bar, self._save)
-        counted = None
         try:
             for epoch in range(cursor.epoch, config.learning.epochs + 1):
-                counted = self._epoch(loop, epoch, cursor) or counted
+                self._epoch(loop, epoch, cursor)
         finally:
             bar.close()
             par.close()
-        if counted and par.is_main:
-            counts, steps_mean = counted
-            write_energy_report(self.run_dir, counts, config, inference_steps=steps_mean)
-        self.info["finished"] = now()
         if par.is_main:
-            write_run_info(self.run_dir, self.info)
+            self._complete()
         return self.result
+
+    def _complete(self) -> None:
+        """The run's explicit last step, redone by ``resume`` until ``run.json`` says
+        ``completed``: metrics.json and the plots from the checkpoint's records, the last
+        epoch's traces when they are missing, op counts and the energy report from the
+        counts the last checkpoint holds, then run.json. A run killed anywhere after its
+        last checkpoint is finished by ``pcsim resume``."""
+        from pcsim.plots import plot_metrics
+        config, run_dir = self.config, self.run_dir
+        if not self.result.metrics:
+            return
+        write_json(run_dir / METRICS, self.result.metrics)
+        plot_metrics(self.result.metrics, run_dir,
+                     title=Path(self.source).stem if self.source else "")
+        last = self.result.metrics[-1]["epoch"]
+        tc = config.traces
+        if tc.enabled and last in (tc.epochs or [config.learning.epochs]):
+            path = run_dir / tc.file
+            if not traces_hold_epoch(path, last):
+                record_traces(self.trainer, self.data, config, path, last,
+                              append=path.exists())
+        if self.final_counts is not None:
+            counts = {work: OpCounts.from_json(c) for work, c in self.final_counts["counts"].items()}
+            write_energy_report(run_dir, counts, config,
+                                inference_steps=self.final_counts["steps"])
+        self.info["finished"] = now()
+        self.info["completed"] = True
+        write_run_info(run_dir, self.info)
 
     def _epoch(self, loop: TrainLoop, epoch: int, cursor: ResumeCursor):
         """Train, evaluate and record one epoch; return ``(counts, mean steps)`` when it
@@ -252,10 +297,12 @@ class _Run:
         test = evaluate(self.trainer, self.data, recorder=test_counter, target=config.data.target)
         record = self._record(epoch, totals, test, lr, time.perf_counter() - start)
         counts = None
-        if counting:
+        if counting:  # kept in the epoch's checkpoint: the completion step prices them
             counts = {"train": totals.counter.result(), "test": test_counter.result()}
             record["ops_per_train_sample"] = counts["train"].summary()
             record["ops_per_test_sample"] = counts["test"].summary()
+            self.final_counts = {"counts": {w: c.to_json() for w, c in counts.items()},
+                                 "steps": record["inference_steps_mean"]}
         self.result.metrics.append(record)
         if self.par.is_main:
             self._write_epoch(epoch)

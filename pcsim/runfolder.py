@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from pcsim import __version__
 from pcsim.runio import atomic_path, write_json, write_text
 
 __all__ = ["CHECKPOINT", "OP_COUNTS", "ENERGY_REPORT", "METRICS", "CONFIG", "RUN_INFO",
-           "ResumeCursor", "make_run_dir", "check_resumable", "save_checkpoint",
+           "ResumeCursor", "RunFolderError", "check_out", "make_run_dir", "lock_run_dir",
+           "remove_stale_temporaries", "is_run_folder", "check_resumable", "save_checkpoint",
            "read_checkpoint", "load_resume_checkpoint", "write_config", "start_run_info",
            "machine_info", "now", "write_run_info"]
 
@@ -77,15 +79,100 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+class RunFolderError(ValueError):
+    """A run folder that cannot be made where ``--out`` / ``run.out`` points."""
+
+
+#: What an atomic write leaves behind when the process is killed mid-write: a dot, the
+#: target's stem, mkstemp's 8 random characters, the target's suffix.
+_STALE = re.compile(r"^\..+\.[a-z0-9_]{8}(\.pt|\.json|\.yaml|\.png|\.h5\.tmp)$")
+
+
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` for this process's lifetime (released by
+    the kernel however the process ends, SIGKILL included); RunFolderError when another
+    pcsim process holds it. Returns the open lock file (keep a reference)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: no protection, no failure
+        return None
+    handle = open(run_dir / ".pcsim.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RunFolderError(f"{run_dir}: the run folder is in use by another pcsim process "
+                             "(a run or resume still running); wait for it to end, or stop "
+                             "it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def remove_stale_temporaries(run_dir: Path) -> list:
+    """Delete the temporary files that killed atomic writes left in ``run_dir`` (only
+    while holding its lock: no writer can be using them); return their names."""
+    gone = []
+    for path in run_dir.iterdir():
+        if path.is_file() and _STALE.match(path.name):
+            path.unlink(missing_ok=True)
+            gone.append(path.name)
+    return gone
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    """Whether ``run_dir`` was written by ``pcsim run`` (its config or run record)."""
+    return (run_dir / CONFIG).exists() or (run_dir / RUN_INFO).exists() or (
+        run_dir / CHECKPOINT).exists()
+
+
+def check_out(config, out: Optional[str]) -> None:
+    """Before any work: ``--out`` / ``run.out`` must be a folder, or creatable in a
+    writable one (RunFolderError naming it)."""
+    import tempfile
+    root = Path(out or config.run.out)
+    where = "--out" if out else "run.out"
+    if root.exists() and not root.is_dir():
+        raise RunFolderError(f"{root}: {where} must be a folder to hold run folders; this is "
+                             "a file")
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:  # a real write (permission bits do not bind root; read-only mounts do)
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is a file")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise RunFolderError(f"{root}: {where} cannot hold run folders ({probe} is not a "
+                             f"writable folder: {exc.strerror or exc}); give a writable "
+                             "folder with --out or run.out") from None
+
+
 def make_run_dir(config, source: Optional[str], out: Optional[str]) -> Path:
     """Create a new, empty run folder under ``out`` (or ``run.out``)."""
     stem = Path(source).stem if source else "run"
     name = config.run.name or f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(out or config.run.out) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    root = Path(out or config.run.out)
+    run_dir = root / name
+    where = "--out" if out else "run.out"
+    if root.exists() and not root.is_dir():
+        raise RunFolderError(f"{root}: {where} must be a folder to hold run folders; this is "
+                             "a file")
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise FileExistsError(f"run folder {run_dir} exists and is not empty; choose another "
                               "run.name or --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".pcsim-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise RunFolderError(f"{root}: cannot create the run folder {name!r} under {where} "
+                             f"({reason}); give a writable folder with --out or run.out") from None
     return run_dir
 
 
@@ -137,9 +224,11 @@ def _tensors(value):
 
 
 def save_checkpoint(path: Path, trainer, optimizer, scheduler, config, epoch: int,
-                    cursor: ResumeCursor, metrics: Optional[list] = None) -> None:
+                    cursor: ResumeCursor, metrics: Optional[list] = None,
+                    extra: Optional[dict] = None) -> None:
     """Atomically write the trainer's state, optimizer and schedule state, the resolved
-    config, the completed ``epoch``, the resume cursor and the metrics so far.
+    config, the completed ``epoch``, the resume cursor, the metrics so far and ``extra``
+    (plain data the run needs to finish, e.g. the counted epoch's op counts).
 
     Raises
     ------
@@ -155,7 +244,7 @@ def save_checkpoint(path: Path, trainer, optimizer, scheduler, config, epoch: in
                "scheduler": scheduler.state_dict() if scheduler else None,
                "config": config.model_dump(), "epoch": epoch,
                "progress": cursor.to_dict(), "metrics": metrics,
-               "pcsim_version": __version__}
+               "pcsim_version": __version__, **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -174,6 +263,9 @@ def load_resume_checkpoint(run_dir: Path, config) -> Optional[dict]:
     yet; refuses a changed config and a checkpoint without resume information."""
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder to resume")
+    if not is_run_folder(run_dir):
+        raise RunFolderError(f"{run_dir}: not a pcsim run folder (no config.yaml, run.json or "
+                             "checkpoint.pt); --resume takes a folder that `pcsim run` made")
     path = run_dir / CHECKPOINT
     if not path.exists():
         return None

@@ -18,7 +18,7 @@ from pcsim.engines.base import TRAINERS, capabilities, refusals, trainer_class
 from pcsim.monitors import OpCounter
 from pcsim.runfolder import ResumeCursor
 
-__all__ = ["build_trainer", "check_trainer", "run_device_name", "counting_enabled",
+__all__ = ["build_trainer", "check_trainer", "check_memory", "run_device_name", "counting_enabled",
            "new_counter", "merge_counters", "EpochTotals", "TrainLoop"]
 
 def check_trainer(config, data_parallel: bool = False) -> None:
@@ -46,6 +46,47 @@ def check_trainer(config, data_parallel: bool = False) -> None:
                             for layer in config.network.layers))
     if problems:
         raise ValueError("; ".join(problems))
+
+
+#: Tensors of one layer a training batch holds at once (x, a, mu, f'(a), eps, g, the
+#: new x and a temporary): the state-memory estimate's factor.
+STATE_COPIES = 8
+
+
+def _available_bytes(device) -> Optional[int]:
+    """Free memory of ``device``: CUDA's free bytes, else the machine's physical memory
+    (None where neither is known)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        import os
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config, network, device, source=None) -> None:
+    """Refuse, before anything is allocated, a network whose parameters (with gradients
+    and two optimizer moments) and one batch's activity cannot fit ``device``: name the
+    largest layer and projection and the bytes."""
+    size = torch.empty((), dtype=getattr(torch, config.run.dtype)).element_size()
+    params = {f"projection W_{p.index}": sum(math.prod(s) for s in p.tensors.values())
+              for p in network.projections}
+    states = {f"layer {l.index} ({l.size:,} neurons)": l.size for l in network.layers}
+    need = size * (4 * sum(params.values())
+                   + STATE_COPIES * config.learning.batch_size * sum(states.values()))
+    have = _available_bytes(device)
+    if have is None or need <= have:
+        return
+    big_p = max(params, key=params.get) if params else "-"
+    big_s = max(states, key=states.get)
+    raise MemoryError(
+        f"{source or 'config'}: network.layers: this network needs about {need / 2**30:,.1f} "
+        f"GiB on {device} (parameters with gradients and optimizer state, and one batch of "
+        f"{config.learning.batch_size} at {config.run.dtype}), more than the "
+        f"{have / 2**30:,.1f} GiB there; the largest parts are {big_p} "
+        f"({params.get(big_p, 0) * size / 2**30:,.1f} GiB of weights) and {big_s}: make "
+        "the layers smaller, or lower learning.batch_size")
 
 
 def run_device_name(config) -> str:

@@ -122,3 +122,71 @@ def test_truncated_checkpoints_and_trace_files(tmp_path, capsys):
         assert main(["traces", str(bad)]) == 2
         err = capsys.readouterr().err
         assert str(bad) in err and "Traceback" not in err
+
+
+SMALL = ["--set", "data.limit_train=100", "--set", "data.limit_test=50",
+         "--set", "network.layers.1.size=8", "--set", "network.layers.2.size=8",
+         "--set", "dynamics.n_steps=2", "--set", "run.device=cpu", "--no-progress",
+         "--epochs", "1"]
+
+
+def _run_err(capsys, *args):
+    capsys.readouterr()
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), *args])
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize("kind", ["file", "under_file", "read_only"])
+def test_out_that_cannot_hold_run_folders_is_named(tmp_path, capsys, kind):
+    """--out that is a file, lies under a file, or is not writable: exit 2 and one line
+    naming --out and the path, before any data is read (the data root does not exist)."""
+    import os
+    target = tmp_path / "out"
+    if kind in ("file", "under_file"):
+        target.write_text("x")
+        if kind == "under_file":
+            target = target / "sub"
+    else:
+        target.mkdir()
+        os.chmod(target, 0o500)
+        if os.access(target, os.W_OK):  # root ignores permissions: nothing to test there
+            target = Path("/proc/pcsim-not-writable")
+    rc, err = _run_err(capsys, *SMALL, "--out", str(target), "--data-root",
+                       str(tmp_path / "no-data"), "--set", "data.download=false")
+    assert rc == 2 and "Traceback" not in err
+    assert "--out" in err and str(target) in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_name_too_long_is_a_config_error(tmp_path, capsys):
+    rc, err = _run_err(capsys, *SMALL, "--out", str(tmp_path), "--set", f"run.name={'n' * 300}")
+    assert rc == 2 and "run.name" in err and "at most 200 characters" in err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("dynamics.dt=20 ms", "dt / tau_x = 2 is outside the stable range"),
+    ("dynamics.tau_eps=0.4 ms", "dt / tau_eps = 2.5 is outside the stable range"),
+    ("network.layers.3.prec=25", "network.layers.3.prec = 25 with dt / tau_x = 0.1"),
+    ("dynamics.n_steps=1000000000", "Euler steps per batch"),
+    ("dynamics.duration=1e6 s;dynamics.n_steps=null", "Euler steps per batch"),
+    ("--epochs=1180591620717411303424", "learning.epochs: Input should be less than or equal to 100000"),
+])
+def test_unstable_or_absurd_dynamics_are_refused_up_front(tmp_path, capsys, override, expected):
+    """What would diverge (Euler at dt / tau >= 2, or prec * dt / tau_x >= 2) or run for
+    days (1e9 steps or epochs) is refused with exit 2 before anything runs."""
+    sets = [a for o in override.split(";")
+            for a in ((o,) if o.startswith("--") else ("--set", o))]
+    rc, err = _run_err(capsys, *SMALL, "--out", str(tmp_path), *sets,
+                       "--data-root", str(tmp_path / "no-data"))
+    assert rc == 2 and expected in err, err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("size", [2 ** 40, 10 ** 9])
+def test_layer_that_cannot_fit_memory_is_refused_naming_it(mnist_root, tmp_path, capsys, size):
+    """A hidden layer of 2**40 or 1e9 neurons: exit 2 with the estimated bytes and the
+    largest layer and projection, before anything is allocated."""
+    rc, err = _run_err(capsys, *SMALL, "--out", str(tmp_path), "--data-root", str(mnist_root),
+                       "--set", f"network.layers.1.size={size}")
+    assert rc == 2 and "Traceback" not in err, err
+    assert "GiB" in err and "projection W_" in err and f"layer 1 ({size:,} neurons)" in err

@@ -96,18 +96,19 @@ def test_resume_refuses_a_changed_config(mnist_root, tmp_path, capsys):
 
 
 def test_unstable_step_stops_with_the_guard_and_a_loadable_checkpoint(mnist_root, tmp_path, capsys):
-    """dt / tau_x = 3: the Euler step overshoots and activity explodes. The run stops at
+    """dt / tau_x = 1.9 (below the refused 2, where the coupled layers' Euler step
+    already overshoots): activity explodes. The run stops at
     the first batch with a message naming the population, layer, step and cause, exit
     code 1 (a runtime failure), and the checkpoint (the starting weights) still loads and evaluates."""
     config = str(REPO / "networks" / "mnist_pc.yaml")
     with pytest.warns(UserWarning, match="more than a tenth"):
         rc = main(["run", config, "--set", "run.name=u", *ARGS, "--data-root", str(mnist_root),
-                   "--out", str(tmp_path), "--set", "dynamics.dt=30 ms",
+                   "--out", str(tmp_path), "--set", "dynamics.dt=19 ms",
                    "--set", "dynamics.n_steps=200"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "epoch 1, batch 0: non-finite" in err and "inference step" in err
-    assert "dt / tau_x = 3 > 1" in err and "last good checkpoint" in err
+    assert "dt / tau_x = 1.9 > 1" in err and "last good checkpoint" in err
     ckpt = torch.load(tmp_path / "u" / "checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(w).all() for w in ckpt["params"]["tensors"].values())
     with pytest.warns(UserWarning, match="more than a tenth"):
@@ -167,3 +168,88 @@ def test_conv_net_killed_mid_epoch_resumes_bitwise(mnist_root, tmp_path):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
     assert _strip(json.loads((run_dir / "metrics.json").read_text())) == _strip(
         json.loads((tmp_path / "whole" / "metrics.json").read_text()))
+
+
+def _small_run(tmp_path, mnist_root, name, *extra):
+    config = str(REPO / "networks" / "mnist_pc.yaml")
+    return main(["run", config, "--set", f"run.name={name}", *ARGS, "--data-root",
+                 str(mnist_root), "--out", str(tmp_path), *extra])
+
+
+def test_resume_finishes_a_run_killed_after_its_last_checkpoint(mnist_root, tmp_path):
+    """A finished run loses what the last epoch writes after its checkpoint (the last
+    metrics record, op counts, energy report, run.json's completion): `pcsim resume`
+    redoes the completion step and restores every file to what the run had written."""
+    assert _small_run(tmp_path, mnist_root, "r", "--epochs", "2") == 0
+    run = tmp_path / "r"
+    keep = {name: (run / name).read_text() for name in
+            ("metrics.json", "op_counts.json", "energy_report.json")}
+    info = json.loads((run / "run.json").read_text())
+    assert info["completed"] is True
+    metrics = json.loads(keep["metrics.json"])
+    (run / "metrics.json").write_text(json.dumps(metrics[:-1]))
+    for name in ("op_counts.json", "energy_report.json", "energy_report.png"):
+        (run / name).unlink()
+    del info["completed"]
+    (run / "run.json").write_text(json.dumps(info))
+    assert main(["resume", str(run), "--no-progress"]) == 0
+    for name, text in keep.items():
+        assert json.loads((run / name).read_text()) == json.loads(text), name
+    assert (run / "energy_report.png").exists()
+    assert json.loads((run / "run.json").read_text())["completed"] is True
+
+
+def test_resume_removes_stale_temporaries_and_refuses_a_folder_in_use(mnist_root, tmp_path,
+                                                                       capsys):
+    """What killed atomic writes leave (``.checkpoint.<8 chars>.pt`` and the like) is
+    removed by resume; a run folder whose lock another process holds is refused with
+    exit 2; a folder that is not a run is refused and left untouched."""
+    import fcntl
+    assert _small_run(tmp_path, mnist_root, "t", "--epochs", "1") == 0
+    run = tmp_path / "t"
+    stale = [".checkpoint.a1b2c3d4.pt", ".metrics.zz_9xk2q.json", ".traces.abcdefgh.h5.tmp"]
+    for name in stale:
+        (run / name).write_bytes(b"partial")
+    (run / ".notes.txt").write_text("mine")  # not a temporary of pcsim's
+    with open(run / ".pcsim.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        capsys.readouterr()
+        assert main(["resume", str(run), "--no-progress"]) == 2
+        assert "in use by another pcsim process" in capsys.readouterr().err
+    assert all((run / name).exists() for name in stale)
+    assert main(["resume", str(run), "--no-progress"]) == 0
+    assert not any((run / name).exists() for name in stale)
+    assert (run / ".notes.txt").read_text() == "mine"
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.jpg").write_bytes(b"x")
+    capsys.readouterr()
+    assert main(["run", str(REPO / "networks" / "mnist_pc.yaml"), *ARGS, "--data-root",
+                 str(mnist_root), "--resume", str(other)]) == 2
+    assert "not a pcsim run folder" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["a.jpg"]
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(mnist_root, tmp_path):
+    """SIGTERM (a batch scheduler, docker stop) during training: the process says it was
+    interrupted by SIGTERM, exits 130, leaves no temporary file, and resumes to the end."""
+    config = str(REPO / "networks" / "mnist_pc.yaml")
+    cmd = [sys.executable, "-m", "pcsim", "run", config, "--set", "run.name=s", *ARGS,
+           "--data-root", str(mnist_root), "--out", str(tmp_path)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "s" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["progress"]["batch"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert "interrupted by SIGTERM" in err.decode()
+    leftovers = [p.name for p in (tmp_path / "s").iterdir()
+                 if p.name.startswith(".") and p.name != ".pcsim.lock"]
+    assert leftovers == []
+    assert main(["resume", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["completed"] is True

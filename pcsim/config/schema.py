@@ -183,6 +183,11 @@ class NetworkConfig(_Section):
         return self
 
 
+#: The most Euler steps per batch a config may ask for (a guard against hangs: 1e9 steps
+#: is accepted by the types and would run for days).
+MAX_STEPS = 1_000_000
+
+
 class DynamicsConfig(_Section):
     """Fast activity and slow synapse timescales, and the Euler step (SPEC section 2)."""
 
@@ -202,6 +207,22 @@ class DynamicsConfig(_Section):
             raise ValueError("give either n_steps or duration, not both")
         if self.duration is not None and not math.isfinite(self.duration):
             raise ValueError("duration must be finite")
+        if self.steps > MAX_STEPS:
+            raise ValueError(f"{self.steps:.3g} Euler steps per batch (n_steps, or duration / "
+                             f"dt) is more than pcsim runs ({MAX_STEPS:,}): lower "
+                             "dynamics.n_steps or dynamics.duration, or raise dynamics.dt")
+        # forward Euler of tau dv/dt = -v + ... is stable only for dt / tau < 2 (each step
+        # multiplies the distance to the equilibrium by 1 - dt / tau)
+        if self.dt / self.tau_x >= 2:
+            raise ValueError(f"dt / tau_x = {self.dt / self.tau_x:g} is outside the stable range "
+                             "of forward Euler (< 2; each step overshoots the value neurons' "
+                             "equilibrium by more than it corrects and activity diverges): "
+                             "lower dynamics.dt or raise dynamics.tau_x (dt / tau_x <= 0.1 "
+                             "is accurate)")
+        if self.tau_eps > 0 and self.dt / self.tau_eps >= 2:
+            raise ValueError(f"dt / tau_eps = {self.dt / self.tau_eps:g} is outside the stable "
+                             "range of forward Euler (< 2): lower dynamics.dt, raise "
+                             "dynamics.tau_eps, or set tau_eps: 0 (errors at their fixed point)")
         return self
 
     @property
@@ -232,7 +253,7 @@ class LearningConfig(_Section):
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="lambda in SPEC 2.2 (decoupled for adamw)")
     batch_size: int = Field(64, gt=0)
-    epochs: int = Field(1, ge=0)
+    epochs: int = Field(1, ge=0, le=100_000)
     seed: int = Field(0, ge=0)
 
 
@@ -278,7 +299,8 @@ class RunConfig(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["float32", "float64"] = "float32"
     out: str = Field("runs", description="folder that holds run folders")
-    name: Optional[str] = Field(None, description="run folder name; default: config stem + time")
+    name: Optional[str] = Field(None, min_length=1, max_length=200, pattern=r"^[^/\x00]+$",
+                                description="run folder name (no '/'); default: config stem + time")
     progress: bool = True
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads")
     compile: bool = Field(False, description="torch.compile the engine's fast PC cycle "
@@ -394,6 +416,14 @@ class ExperimentConfig(_Section):
             raise ValueError("events.enabled with a finite dynamics.tau_w is not supported yet "
                              "(receivers would need their synaptic input re-sent after every "
                              "weight change)")
+        eta = self.dynamics.dt / self.dynamics.tau_x
+        for l, layer in enumerate(self.network.layers[1:], start=1):
+            if layer.precision is None and eta * layer.prec >= 2:
+                raise ValueError(
+                    f"network.layers.{l}.prec = {layer.prec:g} with dt / tau_x = {eta:g}: a value "
+                    f"neuron's Euler step on its own error, prec * dt / tau_x = "
+                    f"{eta * layer.prec:g}, must stay below 2 or inference diverges; lower "
+                    "dynamics.dt or this layer's prec")
         # what a backend or rule cannot execute (brian2: events, float32, bp; bp: traces,
         # events) is declared by its trainer and refused by pcsim.training.check_trainer
         return self

@@ -24,7 +24,8 @@ from pcsim import __version__
 from pcsim.data import batch_pair
 from pcsim.monitors.hdf5 import TraceWriter
 
-__all__ = ["traced_populations", "spike_populations", "TraceRecorder", "record_traces"]
+__all__ = ["traced_populations", "spike_populations", "TraceRecorder", "record_traces",
+           "traces_hold_epoch"]
 
 
 def traced_populations(config, sizes, variances=None) -> dict:
@@ -153,3 +154,17 @@ def record_traces(trainer, data, config, path: Path, epoch: int, append: bool = 
             writer.add_trials(np.array(chunk), labels.cpu().numpy(), epoch, rec.frames,
                               rec.energy, rec.events())
     return path
+
+
+def traces_hold_epoch(path: Path, epoch: int) -> bool:
+    """Whether the trace file at ``path`` is complete and holds trials of ``epoch`` (a
+    missing or unreadable file holds none)."""
+    if not Path(path).exists():
+        return False
+    try:
+        import h5py
+        with h5py.File(path, "r") as f:
+            trials = f["pcsim/trials"]
+            return bool(len(trials)) and bool((trials["epoch"][:] == epoch).any())
+    except (OSError, KeyError, ValueError):
+        return False
