@@ -13,11 +13,9 @@ import torch
 
 from pcsim.config import ExperimentConfig, config_from_dict
 from pcsim.data import batch_pair, dataset_info, load_dataset, resolve_data_root
-from pcsim.energy import available_profiles
-from pcsim.energy.report import build_energy_report
 from pcsim.engines.torch.device import resolve_device
 from pcsim.engines.torch.optim import make_optimizer, make_scheduler
-from pcsim.engines.torch.params import precision_metrics
+from pcsim.engines.torch.precisions import precision_metrics
 from pcsim.evaluation import describe, evaluate
 from pcsim.model import Network, bp_train_cost, feedforward_cost, pc_train_cost
 from pcsim.monitors import OpCounts
@@ -25,7 +23,8 @@ from pcsim.monitors.traces import record_traces, traced_populations, traces_hold
 from pcsim.parallel import from_env
 from pcsim.runfolder import (CHECKPOINT, CONFIG, ENERGY_REPORT, METRICS, OP_COUNTS, RUN_INFO,
                              ResumeCursor, check_out, check_resumable, load_resume_checkpoint,
-                             lock_run_dir, remove_stale_temporaries,
+                             lock_run_dir, remove_stale_temporaries, time_per_sample,
+                             write_energy_report,
                              machine_info, make_run_dir, now, read_checkpoint,
                              save_checkpoint, start_run_info, write_config, write_run_info)
 from pcsim.runio import write_json
@@ -51,35 +50,6 @@ class RunResult:
     @property
     def final_accuracy(self) -> float:
         return self.metrics[-1].get("test_accuracy", float("nan")) if self.metrics else float("nan")
-
-
-def time_per_sample(config: ExperimentConfig, inference_steps: Optional[float] = None) -> dict:
-    """Simulated time of one sample's work, per counted work (SPEC 4: the steps its
-    inference ran times ``dt``), for the static power of a profile.
-
-    Training: ``inference_steps`` (the counted epoch's measured mean, fewer than ``T``
-    after convergence stops; ``T`` when not given) times ``dt``; 0 for backprop. Test: a
-    generative read-out infers for ``T`` steps; a supervised one is the feedforward pass,
-    one step per layer (``L dt``)."""
-    dyn = config.dynamics
-    steps = dyn.steps if inference_steps is None else inference_steps
-    pc = config.learning.rule == "pc"
-    test_steps = dyn.steps if config.network.mode == "generative" else len(config.network.layers) - 1
-    return {"train": steps * dyn.dt if pc else 0.0, "test": test_steps * dyn.dt if pc else 0.0}
-
-
-def write_energy_report(run_dir: Path, counts: dict, config: ExperimentConfig,
-                        profiles_folder=None, inference_steps: Optional[float] = None) -> dict:
-    """Write op_counts.json, energy_report.json and energy_report.png for ``counts``;
-    static power is charged per sample for :func:`time_per_sample`."""
-    from pcsim.plots import plot_energy_report
-    write_json(run_dir / OP_COUNTS, {work: c.to_json() for work, c in counts.items()})
-    names = config.hw_profiles or available_profiles(profiles_folder)
-    report = build_energy_report(counts, names, profiles_folder,
-                                 time_per_sample(config, inference_steps))
-    write_json(run_dir / ENERGY_REPORT, report)
-    plot_energy_report(report, run_dir / "energy_report.png")
-    return report
 
 
 def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,

@@ -16,11 +16,13 @@ import torch
 import yaml
 
 from pcsim import __version__
+from pcsim.energy import available_profiles
+from pcsim.energy.report import build_energy_report
 from pcsim.runio import atomic_path, write_json, write_text
 
 __all__ = ["CHECKPOINT", "OP_COUNTS", "ENERGY_REPORT", "METRICS", "CONFIG", "RUN_INFO",
            "ResumeCursor", "RunFolderError", "check_out", "make_run_dir", "lock_run_dir",
-           "remove_stale_temporaries", "is_run_folder", "check_resumable", "save_checkpoint",
+           "remove_stale_temporaries", "is_run_folder", "time_per_sample", "write_energy_report", "check_resumable", "save_checkpoint",
            "read_checkpoint", "load_resume_checkpoint", "write_config", "start_run_info",
            "machine_info", "now", "write_run_info"]
 
@@ -279,3 +281,32 @@ def load_resume_checkpoint(run_dir: Path, config) -> Optional[dict]:
 
 def write_run_info(run_dir: Path, info: dict) -> None:
     write_json(run_dir / RUN_INFO, info)
+
+
+def time_per_sample(config, inference_steps: Optional[float] = None) -> dict:
+    """Simulated time of one sample's work, per counted work (SPEC 4: the steps its
+    inference ran times ``dt``), for the static power of a profile.
+
+    Training: ``inference_steps`` (the counted epoch's measured mean, fewer than ``T``
+    after convergence stops; ``T`` when not given) times ``dt``; 0 for backprop. Test: a
+    generative read-out infers for ``T`` steps; a supervised one is the feedforward pass,
+    one step per layer (``L dt``)."""
+    dyn = config.dynamics
+    steps = dyn.steps if inference_steps is None else inference_steps
+    pc = config.learning.rule == "pc"
+    test_steps = dyn.steps if config.network.mode == "generative" else len(config.network.layers) - 1
+    return {"train": steps * dyn.dt if pc else 0.0, "test": test_steps * dyn.dt if pc else 0.0}
+
+
+def write_energy_report(run_dir: Path, counts: dict, config,
+                        profiles_folder=None, inference_steps: Optional[float] = None) -> dict:
+    """Write op_counts.json, energy_report.json and energy_report.png for ``counts``;
+    static power is charged per sample for :func:`time_per_sample`."""
+    from pcsim.plots import plot_energy_report
+    write_json(run_dir / OP_COUNTS, {work: c.to_json() for work, c in counts.items()})
+    names = config.hw_profiles or available_profiles(profiles_folder)
+    report = build_energy_report(counts, names, profiles_folder,
+                                 time_per_sample(config, inference_steps))
+    write_json(run_dir / ENERGY_REPORT, report)
+    plot_energy_report(report, run_dir / "energy_report.png")
+    return report

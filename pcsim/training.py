@@ -117,15 +117,16 @@ def new_counter(config) -> OpCounter:
 
 
 def merge_counters(par, counter: Optional[OpCounter]) -> Optional[OpCounter]:
-    """Sum every rank's counts (SPEC 4 counts are extensive)."""
+    """Sum every rank's counts (SPEC 4 counts are extensive over samples); the learning
+    step's per-step counts are the replicas' one step, taken once."""
     if counter is None or not par.active:
         return counter
     merged = OpCounter()
     merged.mode = counter.mode
-    for state in par.gather(counter.state()):
+    for rank, state in enumerate(par.gather(counter.state())):
         other = OpCounter()
         other.load(state)
-        merged.merge(other)
+        merged.merge(other, replica=rank > 0)
     return merged
 
 

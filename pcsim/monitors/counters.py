@@ -40,6 +40,12 @@ KINDS = ("dense_macs", "syn_events", "syn_ops_mac", "syn_ops_ac", "neuron_update
          "mem_write_bytes")
 
 
+#: Kinds the learning step counts once per step, not per sample: a data-parallel
+#: replica's are the same step's (in the learning phase, memory bytes are only these
+#: parameters' reads and writes).
+PER_STEP = ("weight_writes", "prec_updates", "mem_read_bytes", "mem_write_bytes")
+
+
 class OpCounter:
     """Accumulate counts reported by an engine (the engine's ``recorder``).
 
@@ -71,11 +77,17 @@ class OpCounter:
         for p, st, t, k, v in state["cells"]:
             self._counts[(p, int(st), t, k)] = int(v)
 
-    def merge(self, other: "OpCounter") -> None:
-        """Add ``other``'s samples and counts to this counter (e.g. another rank's)."""
+    def merge(self, other: "OpCounter", replica: bool = False) -> None:
+        """Add ``other``'s samples and counts to this counter (e.g. another rank's).
+
+        ``replica``: ``other`` counted a replica of the same network on other samples
+        (data-parallel), so the learning step's per-step work -- the parameters written
+        and read once per step (:data:`PER_STEP`) -- is the same step, not more work,
+        and is not added again."""
         self.n_samples += other.n_samples
         for key, value in other._counts.items():
-            self._counts[key] += value
+            if not (replica and key[0] == "learning" and key[3] in PER_STEP):
+                self._counts[key] += value
 
     def result(self) -> "OpCounts":
         """Freeze into exact Python integers."""

@@ -9,7 +9,8 @@ from pcsim.config.schema import EventsConfig
 from pcsim.engines.torch.backprop import BackpropTrainer
 from pcsim.engines.torch.dynamics import free_energy
 from pcsim.engines.torch.engine import TorchEngine
-from pcsim.engines.torch.maps import AvgPool, Conv2dMap, MaxPool, build_maps
+from pcsim.engines.torch.conv import AvgPool, Conv2dMap, MaxPool
+from pcsim.engines.torch.maps import build_maps
 from pcsim.engines.torch.params import ParamStore
 from pcsim.model import Network
 from pcsim.model.costs import pc_train_cost

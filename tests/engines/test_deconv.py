@@ -7,7 +7,8 @@ import torch
 from pcsim.config import config_from_dict
 from pcsim.engines.torch.dynamics import free_energy
 from pcsim.engines.torch.engine import TorchEngine
-from pcsim.engines.torch.maps import ConvTranspose2dMap, build_maps
+from pcsim.engines.torch.conv import ConvTranspose2dMap
+from pcsim.engines.torch.maps import build_maps
 from pcsim.engines.torch.params import ParamStore
 from pcsim.model import Network
 from pcsim.model.costs import pc_train_cost

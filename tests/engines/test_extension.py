@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pcsim.config.schema import EventsConfig
-from pcsim.engines.torch import maps, params
+from pcsim.engines.torch import maps, params, precisions
 from pcsim.engines.torch.dynamics import free_energy
 from pcsim.engines.torch.engine import TorchEngine
 from pcsim.model import Layer, Network, get_activation
@@ -94,7 +94,7 @@ class LogPrecision:
     kind: ClassVar[str] = "toy_log_prec"
 
 
-class LogPrecisionTorch(params.LearnedPrecision):
+class LogPrecisionTorch(precisions.LearnedPrecision):
     """``prec = exp(theta)``, one ``theta`` per layer; ``E_l`` holds
     ``0.5 e^theta ||x - mu||^2 - 0.5 n theta``, so ``-dE/dtheta`` is
     ``0.5 n - 0.5 e^theta ||x - mu||^2`` (batch mean)."""
@@ -116,7 +116,7 @@ class LogPrecisionTorch(params.LearnedPrecision):
 @pytest.fixture(autouse=True)
 def _registered(monkeypatch):
     monkeypatch.setitem(maps.MAPS, DiagonalMap.kind, DiagonalMap)
-    monkeypatch.setitem(params.PRECISIONS, LogPrecisionTorch.kind, LogPrecisionTorch)
+    monkeypatch.setitem(precisions.PRECISIONS, LogPrecisionTorch.kind, LogPrecisionTorch)
 
 
 def toy_network(mode="supervised"):
@@ -157,7 +157,7 @@ def test_local_gradients_are_the_exact_partial_derivatives_of_E():
     leaves = {k: t.detach().clone().requires_grad_(True) for k, t in eng.params.items()}
     store = params.ParamStore(eng.network, leaves)
     m = maps.build_maps(eng.network, store)
-    prec = [1.0, 1.0] + [p.value() for p in params.build_precisions(eng.network, store)[2:]]
+    prec = [1.0, 1.0] + [p.value() for p in precisions.build_precisions(eng.network, store)[2:]]
     mu = [None] + [eng.activations[l].f(m[l].forward(s.x[l - 1]), torch) for l in (1, 2, 3)]
     energy = free_energy(s.x, mu, prec, s.clamped, 1.0).mean()
     auto = dict(zip(leaves, torch.autograd.grad(energy, list(leaves.values()))))

@@ -18,8 +18,9 @@ import torch
 from pcsim.engines.base import BatchResult, capabilities
 from pcsim.engines.brian2.engine import Brian2Engine
 from pcsim.engines.torch.maps import build_maps
-from pcsim.engines.torch.params import (ParamStore, StoreOwner, build_precisions,
-                                       check_precisions, project_precisions, store_name)
+from pcsim.engines.torch.params import ParamStore, StoreOwner, store_name
+from pcsim.engines.torch.precisions import (build_precisions, check_precisions,
+                                            project_precisions)
 from pcsim.model import equations as eq
 
 __all__ = ["Brian2Trainer"]

@@ -16,6 +16,7 @@ import torch
 
 from pcsim.engines.torch.maps import frozen_maps
 from pcsim.engines.torch.optim import GraphUpdate
+from pcsim.model.schedule import inference_wavefront
 
 __all__ = ["FastPath"]
 
@@ -37,7 +38,9 @@ class FastPath:
         dyn = eng._dynamics(frozen_maps(eng.maps, clamped), observed=False)
         s = dyn.init_state(x0, target, clamped, zeros=False)
         e0 = dyn.energy(s).mean()
-        dyn.run(s, eng._wavefront)
+        # the schedule is built here, from constants, not read from the engine: a stored
+        # list of rows would make torch.compile guard every entry at every call
+        dyn.run(s, inference_wavefront(clamped, eng.n_steps))
         return {k: -g for k, g in dyn.local_gradients(s).items()}, e0, dyn.energy(s).mean()
 
     def _descent_and_update(self, x0, target, kind, groups, index, state, coef, hyper):

@@ -18,17 +18,17 @@ from pcsim.engines.base import BatchResult, capabilities
 from pcsim.engines.torch.compiled import FastPath
 from pcsim.engines.torch.device import resolve_device
 from pcsim.engines.torch.dynamics import Dynamics, PCState
-from pcsim.engines.torch.hooks import FirstNonFinite, Frames
+from pcsim.engines.torch.readouts import ReadOuts
 from pcsim.engines.torch.maps import as_layer, build_maps
-from pcsim.engines.torch.params import (ParamStore, StoreOwner, build_precisions,
-                                       check_precisions, project_precisions)
-from pcsim.model import equations as eq
-from pcsim.model.schedule import dense_schedule, inference_wavefront
+from pcsim.engines.torch.params import ParamStore, StoreOwner
+from pcsim.engines.torch.precisions import (build_precisions, check_precisions,
+                                            project_precisions)
+from pcsim.model.schedule import dense_schedule
 
 __all__ = ["PCState", "TorchEngine", "resolve_device"]
 
 
-class TorchEngine(StoreOwner):
+class TorchEngine(ReadOuts, StoreOwner):
     """Integrate value and error populations of a :class:`~pcsim.model.Network` in torch.
 
     Parameters
@@ -102,7 +102,6 @@ class TorchEngine(StoreOwner):
         self.event_sink = None
         self.grad_reducer = None
         self.compile = bool(compile)
-        self._wavefront = inference_wavefront(network.clamped("train"), self.n_steps)
         self._fast = FastPath(self)
 
     @classmethod
@@ -241,80 +240,6 @@ class TorchEngine(StoreOwner):
         ...), batch means, from local quantities only: the gated error after the
         synapse, the value before it."""
         return self._dynamics().local_gradients(s)
-
-    @torch.no_grad()
-    def trace(self, x0, target, every: int, on_frame, event_sink=None) -> None:
-        """Run a training cycle's inference (no learning) and hand ``on_frame(frame, x,
-        eps, layer_energies)`` the start and every ``every``-th step; events go to
-        ``event_sink``. What moves during inference (weights at a finite ``tau_w``,
-        variances at a ``tau_prec``) is put back afterwards: recording leaves the
-        trained network as it was."""
-        self.event_sink = event_sink
-        kept = ({name: t.clone() for name, t in self.params.items()}
-                if self.plastic or self._continuous_names else {})
-        try:
-            x0, target = self._inputs(x0, target)
-            dyn = self._dynamics()
-            clamped = self.network.clamped("train")
-            s = dyn.init_state(x0, target, clamped)
-            on_frame(0, s.x, s.eps, dyn.layer_energies(s))
-            dyn.run(s, self._dense_schedule(clamped, self.n_steps),
-                    [Frames(dyn, every, on_frame)], engine=self)
-        finally:
-            self.event_sink = None
-            for name, t in kept.items():
-                self.params[name].copy_(t)
-
-    @torch.no_grad()
-    def diagnose(self, x0, target) -> str:
-        """Re-run a batch's inference step by step and name where it stops being finite
-        (layer, population, step) with the likely cause."""
-        eta = self.dt / self.tau_x
-        if eta > 1:
-            cause = (f"dt / tau_x = {eta:g} > 1: each Euler step overshoots the value "
-                     "neurons' equilibrium; lower dynamics.dt or raise dynamics.tau_x")
-        else:
-            cause = ("the weights or activity diverged: lower learning.lr (or dynamics.dt), "
-                     "or check the precisions")
-        watch = FirstNonFinite()
-        x0, target = self._inputs(x0, target)
-        dyn = self._dynamics(observed=False)
-        clamped = self.network.clamped("train")
-        s = dyn.init_state(x0, target, clamped)
-        watch.check(s, 0)
-        dyn.run(s, self._dense_schedule(clamped, self.n_steps), [watch], engine=self)
-        if watch.found:
-            return f"{watch.found}: {cause}"
-        return f"non-finite free energy after inference: {cause}"
-
-    # ------------------------------------------------------------------ read-outs
-    @torch.no_grad()
-    def encode(self, data) -> torch.Tensor:
-        """Generative mode: infer the latent ``x_0`` of ``data`` (clamped to the top layer)
-        by ``T`` inference steps from ``x_0 = 0`` under the prior."""
-        if self.network.mode != "generative":
-            raise ValueError("encode needs a generative network (network.mode: generative)")
-        s = self.init_state(None, data, phase="test")
-        self.infer(s)
-        return s.x[0]
-
-    @torch.no_grad()
-    def reconstruct(self, data) -> torch.Tensor:
-        """Generative mode: encode ``data`` by inference, then decode the latent alone by
-        the feedforward pass (what a receiver of ``x_0`` can rebuild)."""
-        return self.predict(self.encode(data))
-
-    @torch.no_grad()
-    def predict(self, x0) -> torch.Tensor:
-        """Feedforward read-out ``x_L`` (the energy minimum with only ``x_0`` clamped)."""
-        if self.events is not None or self.recorder is not None:
-            only_input = (True,) + (False,) * self.L
-            return self.init_state(x0, clamped=only_input).x[self.L]
-        x = self._as_tensor(x0, 0)
-        for l in range(1, self.L + 1):
-            x, _ = eq.prediction(self.activations[l].f(self.maps[l].forward(x), torch),
-                                 self.maps[l].pool)
-        return x
 
     # ------------------------------------------------------------------ training
     def fast_path_applies(self, hooks: Sequence = ()) -> bool:
