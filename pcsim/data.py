@@ -119,6 +119,10 @@ def resolve_data_root(config_root: Optional[str] = None, flag_root: Optional[str
     raise AssertionError("unreachable")
 
 
+class CorruptDataError(RuntimeError):
+    """A data file is present but damaged (its md5 is not the published one)."""
+
+
 def _fail(name: str, root: Path, spec: _Spec, why: str) -> DataError:
     where = root / spec.folder / spec.files
     looked = (f"{name}: could not load the data set from {where} ({why}).\n"
@@ -138,6 +142,24 @@ def _fail(name: str, root: Path, spec: _Spec, why: str) -> DataError:
         f"read-only).")
 
 
+def _corrupt_files(cls, root: Path) -> list:
+    """The data files present under ``root`` whose md5 is not the one torchvision checks
+    (a truncated copy, a failed download): ``[(path, expected md5)]``."""
+    import hashlib
+    if hasattr(cls, "resources"):  # MNIST-like: raw/<name>.gz
+        folder = root / cls.__name__ / "raw"
+        expected = [(name.rsplit("/", 1)[-1], md5) for name, md5 in cls.resources]
+    else:  # CIFAR: <base_folder>/<batch files>
+        folder = root / getattr(cls, "base_folder", "")
+        expected = list(getattr(cls, "train_list", [])) + list(getattr(cls, "test_list", []))
+    bad = []
+    for name, md5 in expected:
+        path = folder / name
+        if path.is_file() and hashlib.md5(path.read_bytes()).hexdigest() != md5:
+            bad.append((path, md5))
+    return bad
+
+
 def _open(cls, root: Path, train: bool, download: bool):
     """One split through torchvision. With ``download``, files that are already there and
     verify are used without calling ``download()`` (which would verify CIFAR's md5s a
@@ -145,6 +167,13 @@ def _open(cls, root: Path, train: bool, download: bool):
     try:
         return cls(str(root), train=train, download=False)
     except Exception:  # noqa: BLE001 - the retry reports what is still wrong
+        corrupt = _corrupt_files(cls, root)
+        if corrupt:  # a download would not replace them: say what is wrong with them
+            path, md5 = corrupt[0]
+            raise CorruptDataError(
+                f"the file present is corrupt (md5 mismatch): {path} (expected md5 {md5}"
+                + (f"; {len(corrupt) - 1} more" if len(corrupt) > 1 else "")
+                + "); delete it or copy it again") from None
         if not download:
             raise
     return cls(str(root), train=train, download=True)
@@ -213,12 +242,20 @@ def load_dataset(name: str, root: Path, *, download: bool = True, normalize: boo
     cls = getattr(torchvision.datasets, spec.cls_name)
     root = Path(root).expanduser()
     tv_root = root / spec.folder if spec.root_is_folder else root
+    made = [p for p in (tv_root, *tv_root.parents) if not p.exists()]  # a download makes them
     try:
         if download:
             tv_root.mkdir(parents=True, exist_ok=True)
         train = _open(cls, tv_root, True, download)
         test = _open(cls, tv_root, False, download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, EOFError...
+        for folder in made:  # a failed load leaves no empty folders behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(exc, CorruptDataError):
+            raise DataError(f"{name}: {exc}") from None
         raise _fail(name, root, spec, f"{type(exc).__name__}: {exc}") from None
     n_train, n_test = len(train.targets), len(test.targets)
     if (n_train, n_test) != (spec.n_train, spec.n_test) or len(train.data) != n_train \

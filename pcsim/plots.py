@@ -147,10 +147,14 @@ def plot_energy_report(report: dict, path: str | Path) -> Path:
             entry = report["profiles"][stem][work][phase]
             values.append(entry["energy_per_sample_J"] or np.nan)
             hatches.append("//" if entry["missing"] else "")
-        bars = ax.bar(np.arange(len(stems)) + k * width, values, width,
-                      label=f"{work} {phase} ({report['counts_from'][work]})")
+        x = np.arange(len(stems)) + k * width
+        bars = ax.bar(x, values, width, label=f"{work} {phase} ({report['counts_from'][work]})")
         for bar, hatch in zip(bars, hatches):
             bar.set_hatch(hatch)
+        for xi, v in zip(x, values):  # an empty slot says why it is empty
+            if not np.isfinite(v):
+                ax.text(xi, 0.02, "not priced", rotation=90, ha="center", va="bottom",
+                        fontsize=7, transform=ax.get_xaxis_transform())
     ax.set_xticks(np.arange(len(stems)) + width * (len(works) - 1) / 2)
     ax.set_xticklabels(stems, rotation=20)
     ax.set_yscale("log")

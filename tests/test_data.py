@@ -345,3 +345,28 @@ def test_augment_config_validation():
             DataConfig(augment=bad)
     with pytest.raises(ValidationError, match="cifar10"):
         DataConfig(dataset="cifar")
+
+
+def test_a_truncated_file_is_reported_as_corrupt_not_as_a_download_error(mnist_root, tmp_path):
+    """A data root whose train images file was cut short: the error says the file
+    present is corrupt (md5 mismatch), names it and says to delete or copy it again --
+    not "Error downloading"; a missing root that could not be loaded is not left behind."""
+    import shutil
+    from pcsim.data import DataError, load_dataset
+    src = mnist_root / "MNIST" / "raw"
+    raw = tmp_path / "root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in src.glob("*.gz"):
+        shutil.copy(f, raw / f.name)
+    target = raw / "train-images-idx3-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:100_000])
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", tmp_path / "root")
+    message = str(info.value)
+    assert "the file present is corrupt (md5 mismatch)" in message
+    assert str(target) in message and "delete it or copy it again" in message
+    assert "Error downloading" not in message
+    missing = tmp_path / "nowhere" / "data"
+    with pytest.raises(DataError):
+        load_dataset("cifar10", missing, download=True)
+    assert not (tmp_path / "nowhere").exists()

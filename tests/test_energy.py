@@ -153,3 +153,32 @@ def test_run_and_pcsim_energy_charge_static_power_alike(mnist_root, tmp_path, mo
     assert main(["energy", str(tmp_path / "s"), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["profiles"] == saved["profiles"]
+
+
+def test_energy_table_names_no_zero_share_and_stays_narrow(tmp_path):
+    """A profile that prices nothing counted: the table says 'nothing priced' instead of
+    naming a kind at 0% as the largest share, lists what is missing (cut to fit), and no
+    line is padded past its last cell or runs beyond 120 columns; the chart marks the
+    empty slot."""
+    from pcsim.energy.report import build_energy_report, format_energy_table
+    from pcsim.plots import plot_energy_report
+    empty = _profile_dict(**{k: {"value": None, "source": "fixture", "note": "not published"}
+                             for k in ENERGY_KINDS})
+    _write(tmp_path, empty, "empty.yaml")
+    _write(tmp_path, _profile_dict(), "full.yaml")
+    counts = OpCounts({("inference", 1, "W_1", "syn_ops_mac"): 1000,
+                       ("inference", 1, "W_1", "syn_events"): 10,
+                       ("inference", 1, "value_l1", "neuron_updates"): 40,
+                       ("inference", 1, "value_l1", "neuron_updates_active"): 40,
+                       ("learning", 0, "W_1", "weight_grad_ops"): 100,
+                       ("learning", 0, "W_1", "weight_writes"): 12}, n_samples=10)
+    report = build_energy_report({"train": counts, "test": counts}, ["empty", "full"], tmp_path)
+    text = format_energy_table(report)
+    lines = text.splitlines()
+    empty_row = next(line for line in lines if line.startswith("empty"))
+    full_row = next(line for line in lines if line.startswith("full"))
+    assert "nothing priced" in empty_row and "0%" not in empty_row
+    assert "syn_op_mac" in full_row and "nothing priced" not in full_row
+    assert all(len(line) <= 120 and line == line.rstrip() for line in lines), lines
+    plot_energy_report(report, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").stat().st_size > 0

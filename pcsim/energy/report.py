@@ -42,12 +42,21 @@ def _fmt(joules: float) -> str:
     return f"{joules:.3g} J"
 
 
+#: The ``missing`` column is cut to this many characters (the JSON report lists all).
+MISSING_WIDTH = 32
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3].rstrip(", ") + "..."
+
+
 def format_energy_table(report: dict) -> str:
     """A plain-text table: energy per sample by profile and phase; a trailing ``*``
     marks a lower bound (some counted kind has no figure in the profile)."""
     works = [(w, p) for w in ("train", "test") if w in report["n_samples"]
              for p in (("inference", "learning") if w == "train" else ("inference",))]
-    header = ["profile"] + [f"{w} {p} /sample" for w, p in works] + ["largest share", "missing"]
+    header = ["profile"] + [f"{w} {p[:5]}/sample" for w, p in works] + ["largest share",
+                                                                          "missing"]
     rows = []
     for stem, entry in report["profiles"].items():
         cells, missing, top = [stem], set(), ""
@@ -56,14 +65,17 @@ def format_energy_table(report: dict) -> str:
             cells.append(_fmt(phase["energy_per_sample_J"]) + ("*" if phase["missing"] else ""))
             missing.update(phase["missing"])
         kinds = entry["train"]["inference"]["per_kind"] if "train" in entry else {}
-        if kinds:
-            k, v = max(kinds.items(), key=lambda kv: kv[1]["share"])
+        priced = {k: v for k, v in kinds.items() if v["share"] > 0}
+        if priced:
+            k, v = max(priced.items(), key=lambda kv: kv[1]["share"])
             top = f"{k} {100 * v['share']:.0f}%"
-        cells += [top, ", ".join(sorted(missing)) or "-"]
+        else:  # nothing counted has a figure in this profile: no share to name
+            top = "nothing priced"
+        cells += [top, _shorten(", ".join(sorted(missing)) or "-", MISSING_WIDTH)]
         rows.append(cells)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     modes = ", ".join(f"{w}: {m} execution" for w, m in report["counts_from"].items())
     lines.append(f"(counts from {modes}; * = lower bound, a counted kind has no figure)")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, Optional
 
 from pcsim.model.activations import Activation, get_activation
@@ -36,7 +37,7 @@ class Layer:
         if isinstance(self.shape, int):  # Layer(l, n, ...) is a flat layer of n neurons
             object.__setattr__(self, "shape", (self.shape,))
 
-    @property
+    @cached_property
     def size(self) -> int:
         """``n_l``, the number of value neurons (every sum over the layer runs over them)."""
         return math.prod(self.shape)
@@ -76,21 +77,21 @@ class Network:
             for l, spec in enumerate(config.layers) if l >= 1)
         return cls(layers, projections, config.mode, config.prec_0)
 
-    @property
+    @cached_property
     def learned_precision(self) -> bool:
         """Whether any layer learns its precision (SPEC 2.4)."""
         return any(layer.precision is not None for layer in self.layers)
 
-    @property
+    @cached_property
     def n_layers(self) -> int:
         """``L``, the index of the top layer."""
         return len(self.layers) - 1
 
-    @property
+    @cached_property
     def sizes(self) -> tuple[int, ...]:
         return tuple(layer.size for layer in self.layers)
 
-    @property
+    @cached_property
     def shapes(self) -> tuple[tuple, ...]:
         return tuple(layer.shape for layer in self.layers)
 

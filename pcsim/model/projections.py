@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, Optional
 
 __all__ = ["PROJECTIONS", "register", "projection_class", "Dense", "Conv2d", "ConvTranspose2d",
@@ -55,15 +56,15 @@ class Dense:
     pre_shape: tuple
     post_shape: tuple
 
-    @property
+    @cached_property
     def n_pre(self) -> int:
         return math.prod(self.pre_shape)
 
-    @property
+    @cached_property
     def n_post(self) -> int:
         return math.prod(self.post_shape)
 
-    @property
+    @cached_property
     def out_shape(self) -> tuple:
         """Shape of the pre-activation ``a_l`` per sample (before any pooling)."""
         return tuple(self.post_shape)
@@ -73,22 +74,22 @@ class Dense:
         """The learned tensors by name, with their shapes (weights first)."""
         return {"W": (self.n_post, self.n_pre), "b": (self.n_post,)}
 
-    @property
+    @cached_property
     def fans(self) -> tuple[int, int]:
         """``(fan_in, fan_out)`` of one weight, for the initialisers."""
         return self.n_pre, self.n_post
 
-    @property
+    @cached_property
     def n_synapses(self) -> int:
         """Plastic weights (dense: ``n_post * n_pre``)."""
         return self.n_post * self.n_pre
 
-    @property
+    @cached_property
     def macs(self) -> int:
         """Multiply-accumulates of one forward (or adjoint) map per sample."""
         return self.n_post * self.n_pre
 
-    @property
+    @cached_property
     def grad_macs(self) -> int:
         """Multiply-accumulates of the weight-gradient map per sample."""
         return self.n_post * self.n_pre
@@ -161,17 +162,17 @@ class Conv2d:
             ho, wo = ho // self.pool_size, wo // self.pool_size
         return (channels, ho, wo)
 
-    @property
+    @cached_property
     def out_shape(self) -> tuple:
         _, h, w = self.pre_shape
         return (self.post_shape[0],) + tuple(
             conv_out(n, self.kernel, self.stride, self.padding) for n in (h, w))
 
-    @property
+    @cached_property
     def n_pre(self) -> int:
         return math.prod(self.pre_shape)
 
-    @property
+    @cached_property
     def n_post(self) -> int:
         return math.prod(self.post_shape)
 
@@ -180,17 +181,17 @@ class Conv2d:
         c_out, c_in = self.post_shape[0], self.pre_shape[0]
         return {"W": (c_out, c_in, self.kernel, self.kernel), "b": (c_out,)}
 
-    @property
+    @cached_property
     def fans(self) -> tuple[int, int]:
         k2 = self.kernel * self.kernel
         return self.pre_shape[0] * k2, self.post_shape[0] * k2
 
-    @property
+    @cached_property
     def n_synapses(self) -> int:
         """Plastic weights: the kernel's entries."""
         return math.prod(self.tensors["W"])
 
-    @property
+    @cached_property
     def macs(self) -> int:
         """MACs of one convolution (or its transpose) per sample: every in-bounds
         ``(output position, tap)`` pair times ``C_in * C_out``; also the sum of every
@@ -200,7 +201,7 @@ class Conv2d:
                 * _taps(w, self.kernel, self.stride, self.padding))
         return self.pre_shape[0] * self.post_shape[0] * taps
 
-    @property
+    @cached_property
     def grad_macs(self) -> int:
         """MACs of the weight-gradient correlation per sample (SPEC 4:
         ``C_out * C_in * k * k * H_out * W_out``)."""
@@ -258,15 +259,15 @@ class ConvTranspose2d:
                 f"{self.index - 1} of shape {tuple(self.pre_shape)} to {expect}, but layer "
                 f"{self.index} has shape {tuple(self.post_shape)}")
 
-    @property
+    @cached_property
     def out_shape(self) -> tuple:
         return tuple(self.post_shape)
 
-    @property
+    @cached_property
     def n_pre(self) -> int:
         return math.prod(self.pre_shape)
 
-    @property
+    @cached_property
     def n_post(self) -> int:
         return math.prod(self.post_shape)
 
@@ -275,16 +276,16 @@ class ConvTranspose2d:
         c_in, c_out = self.pre_shape[0], self.post_shape[0]
         return {"W": (c_in, c_out, self.kernel, self.kernel), "b": (c_out,)}
 
-    @property
+    @cached_property
     def fans(self) -> tuple[int, int]:
         k2 = self.kernel * self.kernel
         return self.pre_shape[0] * k2, self.post_shape[0] * k2
 
-    @property
+    @cached_property
     def n_synapses(self) -> int:
         return math.prod(self.tensors["W"])
 
-    @property
+    @cached_property
     def macs(self) -> int:
         """MACs per sample: every (input position, tap) pair that lands inside the output,
         times ``C_in * C_out``: the in-bounds taps of the convolution it is the adjoint of
@@ -294,7 +295,7 @@ class ConvTranspose2d:
                 * _taps(ho, self.kernel, self.stride, self.padding)
                 * _taps(wo, self.kernel, self.stride, self.padding))
 
-    @property
+    @cached_property
     def grad_macs(self) -> int:
         """MACs of the weight-gradient correlation per sample: ``C_in * C_out * k * k``
         per input position (SPEC 4's conv count, for the convolution it is the adjoint

@@ -144,7 +144,10 @@ class Dynamics:
             f_a, s.f_prime_a[l] = a, None
         else:
             f_a, s.f_prime_a[l] = act.value_and_prime(a, torch)
-        s.mu[l], s.route[l] = eq.prediction(f_a, pool)
+        if pool is None:
+            s.mu[l] = f_a
+        else:
+            s.mu[l], s.route[l] = eq.prediction(f_a, pool)
 
     def _error(self, s, l, fixed=False):
         """Error neurons of layer ``l`` at their fixed point (``tau_eps = 0``, or
@@ -157,7 +160,11 @@ class Dynamics:
         self._gate(s, l)
 
     def _gate(self, s, l):
-        s.g[l] = eq.pooled_gate(s.eps[l], s.f_prime_a[l], self.maps[l].pool, s.route[l])
+        pool, fp = self.maps[l].pool, s.f_prime_a[l]
+        if pool is None:  # g = f'(a) * eps, written out for the common case
+            s.g[l] = s.eps[l] if fp is None else eq.gated_error(s.eps[l], fp)
+        else:
+            s.g[l] = eq.pooled_gate(s.eps[l], fp, pool, s.route[l])
 
     # ------------------------------------------------------------------ the step
     def step(self, s: PCState, row) -> None:

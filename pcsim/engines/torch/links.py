@@ -61,6 +61,9 @@ class Link:
         self.macs, self.n_senders, self.coder = macs, n_senders, coder
         self.held = held  # what the receivers hold (event mode), without a bias
         self._reach = None  # nonzero weights one sample's dense evaluation reaches
+        # the dense evaluation, chosen once (transmit runs at every step)
+        self._dense = (map.forward if direction == FORWARD else
+                       map.adjoint if direction == ADJOINT else None)
 
     @property
     def sent(self):
@@ -72,9 +75,7 @@ class Link:
         if self.coder is None:
             if self.wire.recorder is not None:
                 self._count_dense(signal.shape[0], step)
-            if self.direction == FORWARD:
-                return self.map.forward(signal)
-            return signal if self.direction == ONE_TO_ONE else self.map.adjoint(signal)
+            return signal if self._dense is None else self._dense(signal)
         payload, mask = self.coder.send(signal)
         if self.direction == FORWARD:
             delta = self.map.linear(payload)
