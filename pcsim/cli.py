@@ -87,6 +87,9 @@ def _energy(args) -> int:
 
     run_dir = Path(args.run_dir)
     path = run_dir / "op_counts.json"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder (give a folder written by "
+                                "`pcsim run`)")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no op counts (the run was made with run.count_ops "
                                 "false, by a pcsim without op counting, or did not finish an "

@@ -182,3 +182,10 @@ def test_energy_table_names_no_zero_share_and_stays_narrow(tmp_path):
     assert all(len(line) <= 120 and line == line.rstrip() for line in lines), lines
     plot_energy_report(report, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").stat().st_size > 0
+
+
+def test_pcsim_energy_on_a_missing_folder_says_so(tmp_path, capsys):
+    from pcsim.cli import main
+    assert main(["energy", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "no such run folder" in err and "count_ops" not in err
