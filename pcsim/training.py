@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from pcsim.data import augment_train_batch, batch_pair, iterate_batches
+from pcsim.augment import augment_train_batch
+from pcsim.data import batch_pair, iterate_batches
 from pcsim.engines.base import TRAINERS, capabilities, refusals, trainer_class
 from pcsim.monitors import OpCounter
 from pcsim.runfolder import ResumeCursor

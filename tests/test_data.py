@@ -13,8 +13,8 @@ import torch
 from pydantic import ValidationError
 
 from pcsim.config.schema import DataConfig, ExperimentConfig
-from pcsim.data import (DATA_ENV, DataError, Dataset, augment_batch, augment_generator,
-                        augment_train_batch, dataset_info, load_dataset, resolve_data_root)
+from pcsim.augment import augment_batch, augment_generator, augment_train_batch
+from pcsim.data import DATA_ENV, DataError, Dataset, dataset_info, load_dataset, resolve_data_root
 from tests.conftest import _shared_datasets, assert_close
 
 # Test-set label histogram of MNIST, from shared/datasets/README.md.
