@@ -221,16 +221,37 @@ def _stop_on_termination() -> None:
                 pass
 
 
+def _missing_path(args) -> Optional[str]:
+    """The first path argument that does not exist, as the message to print; checked
+    before anything heavy (torch) is imported, so a typo fails at once."""
+    from pathlib import Path
+    checks = {"run": [("config", "config file")], "resume": [("run_dir", "run folder")],
+              "eval": [("run_dir", "run folder or checkpoint")],
+              "energy": [("run_dir", "run folder")], "traces": [("file", "trace file")]}
+    for attr, what in checks.get(args.command, []):
+        value = getattr(args, attr, None)
+        if value and not Path(value).exists():
+            return f"{value}: no such {what}"
+    resume = getattr(args, "resume", None)
+    if resume and not Path(resume).is_dir():
+        return f"{resume}: no such run folder to resume (--resume)"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `pcsim` command; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    warnings.formatwarning = _one_line_warning
+    args = build_parser().parse_args(argv)
+    missing = _missing_path(args)
+    if missing:
+        print(f"pcsim {args.command}: error: {missing}", file=sys.stderr)
+        return 2
     from pcsim.config import ConfigError
     from pcsim.energy import ProfileError
     from pcsim.monitors.hdf5 import TraceError, TraceWriteError
     from pcsim.units import UnitError
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    warnings.formatwarning = _one_line_warning
-    args = build_parser().parse_args(argv)
     _stop_on_termination()
     if args.command == "run" and args.nproc and args.nproc > 1:
         return _launch(list(sys.argv[1:] if argv is None else argv))

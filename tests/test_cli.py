@@ -1,10 +1,12 @@
 """End to end: `pcsim run` on a slice of real MNIST, then `pcsim eval` on its checkpoint."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -150,3 +152,20 @@ def test_traces_command_summarises_and_plots(mnist_root, tmp_path, capsys):
     bad.write_bytes(b"not hdf5 at all")
     assert main(["traces", str(bad)]) == 2
     assert "not a readable HDF5 trace file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["run", "nope.yaml"], ["resume", "no-run"],
+                                  ["eval", "no-run"], ["energy", "no-run"],
+                                  ["traces", "no.h5"]])
+def test_a_missing_path_fails_at_once_without_importing_torch(argv, tmp_path):
+    """A path that does not exist: exit 2 with one line naming it, before torch (or any
+    backend) is imported -- the answer does not wait seconds for a backend to load."""
+    import subprocess
+    import sys
+    code = ("import sys; from pcsim.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and argv[1] in lines[0] and "no such" in lines[0]
