@@ -14,8 +14,18 @@ log = logging.getLogger("pcsim")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pcsim", description=__doc__)
+    from pcsim import __version__
+    parser = argparse.ArgumentParser(
+        prog="pcsim", description="Simulate predictive-coding networks as continuous-time "
+        "value and error neurons: train, evaluate, trace, and price the ops on "
+        "neuromorphic and digital hardware.")
+    parser.add_argument("--version", action="version", version=f"pcsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="list the shipped configs and hardware profiles",
+                        description="List the configs in networks/ and the hardware "
+                        "profiles that `pcsim run` and `pcsim energy` can use.")
+    ls.add_argument("--profiles-dir", help="folder of profiles (default: $PCSIM_HW_PROFILES "
+                    "or the checkout's hw_profiles/)")
 
     run = sub.add_parser("run", help="train and evaluate an experiment, write a run folder")
     run.add_argument("config", help="experiment YAML, e.g. networks/mnist_pc.yaml")
@@ -74,6 +84,23 @@ def _resume(args) -> int:
     from pcsim.experiment import describe
     print(f"{describe(result.metrics[-1])} after {len(result.metrics)} "
           f"epochs; run folder: {result.run_dir}")
+    return 0
+
+
+def _list(args) -> int:
+    """The shipped configs (first comment line each) and the hardware profiles."""
+    from pathlib import Path
+
+    from pcsim.energy import available_profiles, load_profile
+    networks = Path(__file__).resolve().parents[1] / "networks"
+    print("configs (networks/):")
+    for path in sorted(networks.glob("*.yaml")):
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines()
+                      if line.startswith("#")), "")
+        print(f"  {path.name:28s} {first[:80]}")
+    print("hardware profiles:")
+    for stem in available_profiles(args.profiles_dir):
+        print(f"  {stem:28s} {load_profile(stem, args.profiles_dir).name}")
     return 0
 
 
@@ -256,7 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "run" and args.nproc and args.nproc > 1:
         return _launch(list(sys.argv[1:] if argv is None else argv))
     try:
-        return {"run": _run, "eval": _eval, "energy": _energy, "resume": _resume,
+        return {"list": _list, "run": _run, "eval": _eval, "energy": _energy, "resume": _resume,
                 "traces": _traces}[args.command](args)
     except (FloatingPointError, TraceWriteError) as exc:  # failed while running: exit 1
         print(f"pcsim {args.command}: failed: {exc}", file=sys.stderr)

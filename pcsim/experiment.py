@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from pcsim import __version__
 from pcsim.config import ExperimentConfig, config_from_dict
 from pcsim.data import batch_pair, dataset_info, load_dataset, resolve_data_root
 from pcsim.engines.torch.device import resolve_device
@@ -207,6 +208,8 @@ class _Run:
 
         cursor = self._open_folder()
         config, par = self.config, self.par
+        if par.is_main:
+            print(self._banner(cursor), flush=True)
         n_batches = math.ceil(self.data.train_x.shape[0] / config.learning.batch_size)
         bar = tqdm(total=config.learning.epochs * n_batches, disable=not self.show or not par.is_main,
                    unit="batch", dynamic_ncols=True,
@@ -223,6 +226,27 @@ class _Run:
         if par.is_main:
             self._complete()
         return self.result
+
+    def _banner(self, cursor) -> str:
+        """What the run is about to do, before its first batch: folder, device, threads,
+        data, parameters, and what it writes."""
+        config = self.config
+        n_params = sum(t.numel() for t in self.trainer.parameters())
+        start = ("starts" if cursor.epoch == 1 and cursor.batch == 0 else
+                 f"resumes at epoch {cursor.epoch}, batch {cursor.batch}")
+        writes = "metrics.json, checkpoint.pt, plots"
+        if counting_enabled(config):
+            writes += ", op_counts.json, energy_report.json (last epoch)"
+        if config.traces.enabled:
+            writes += f", {config.traces.file}"
+        return (f"pcsim {__version__}: {self.run_dir} {start}\n"
+                f"  device {self.device}, {torch.get_num_threads()} thread(s)"
+                f"{', torch.compile (the first batches compile)' if config.run.compile else ''}"
+                f", {self.par.world} process(es)\n"
+                f"  data {config.data.dataset} from {config.data.root}: "
+                f"{self.data.train_x.shape[0]:,} train, {self.data.test_x.shape[0]:,} test\n"
+                f"  {n_params:,} parameters, {config.learning.epochs} epochs of "
+                f"{config.learning.batch_size}; writes {writes}")
 
     def _complete(self) -> None:
         """The run's explicit last step, redone by ``resume`` until ``run.json`` says

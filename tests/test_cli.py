@@ -169,3 +169,29 @@ def test_a_missing_path_fails_at_once_without_importing_torch(argv, tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and argv[1] in lines[0] and "no such" in lines[0]
+
+
+def test_version_list_and_the_start_banner(mnist_root, tmp_path, capsys):
+    """`pcsim --version` prints the version; `pcsim list` every shipped config and
+    profile; a run starts with a banner naming its folder, device, threads, data and
+    what it writes, before the first epoch line."""
+    from pcsim import __version__
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"pcsim {__version__}"
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for path in (REPO / "networks").glob("*.yaml"):
+        assert path.name in out
+    assert "loihi" in out and "Intel Loihi" in out
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
+               "--out", str(tmp_path), "--set", "run.name=b", "--epochs", "1", "--no-progress",
+               "--set", "data.limit_train=100", "--set", "data.limit_test=50",
+               "--set", "network.layers.1.size=8", "--set", "network.layers.2.size=8",
+               "--set", "dynamics.n_steps=2", "--set", "run.device=cpu", "--set", "run.threads=1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    banner = out[:out.index("epoch 1:")]
+    assert f"pcsim {__version__}: {tmp_path / 'b'} starts" in banner
+    assert "device cpu, 1 thread(s)" in banner and "100 train, 50 test" in banner
+    assert "op_counts.json" in banner
