@@ -29,7 +29,6 @@ class FastPath:
         self._cycle = None  # the cycle alone, compiled on first use
         self._update = None  # the optimizer's rule compiled with the cycle
         self._train_step = None
-        self._schedule = None  # the eager path's wavefront (fixed for the engine)
 
     def descent(self, x0, target):
         """The cycle: ``dE/dtheta`` by store name (what an optimizer descends: the negated
@@ -39,15 +38,9 @@ class FastPath:
         dyn = eng._dynamics(frozen_maps(eng.maps, clamped), observed=False)
         s = dyn.init_state(x0, target, clamped, zeros=False)
         e0 = dyn.energy(s).mean()
-        # traced, the schedule is built here from constants: a stored list of rows would
-        # make torch.compile guard every entry at every call; eager, it is built once
-        if torch.compiler.is_compiling():
-            schedule = inference_wavefront(clamped, eng.n_steps)
-        else:
-            if self._schedule is None:
-                self._schedule = inference_wavefront(clamped, eng.n_steps)
-            schedule = self._schedule
-        dyn.run(s, schedule)
+        # the schedule is built here, from constants, not read from the engine: a stored
+        # list of rows would make torch.compile guard every entry at every call
+        dyn.run(s, inference_wavefront(clamped, eng.n_steps))
         return {k: -g for k, g in dyn.local_gradients(s).items()}, e0, dyn.energy(s).mean()
 
     def _descent_and_update(self, x0, target, kind, groups, index, state, coef, hyper):
