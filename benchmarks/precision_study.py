@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_speed import cpu_model  # noqa: E402
 
 #: name -> (config, overrides, layers above the input: "dense" or "conv")
 STUDIES = {
@@ -42,16 +44,6 @@ STUDIES = {
     "cifar10": ("networks/cifar10_pc.yaml", ["data.limit_train=10000", "data.limit_test=2000"],
                 ["conv"] * 3 + ["dense"]),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def learned_overrides(kinds, floor: float) -> list:

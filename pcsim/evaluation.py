@@ -57,7 +57,7 @@ def _top_precision(trainer):
     if learned is None:
         return layer.prec
     value = learned.value().detach().to(trainer.device, trainer.dtype)
-    return value if value.ndim == 0 else value.expand(layer.shape).reshape(-1)
+    return value if value.ndim == 0 else learned.per_neuron(value)
 
 
 def describe(record: dict) -> str:

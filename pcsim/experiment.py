@@ -342,8 +342,7 @@ class _Run:
                                  image_shape=self.data.image_shape)
             top = self.trainer.precisions[-1]
             if top is not None and top.variance().numel() > 1:  # per pixel or channel
-                layer = self.trainer.network.layers[-1]
-                plot_uncertainty(top.variance().expand(layer.shape).reshape(-1),
+                plot_uncertainty(top.per_neuron(top.variance()),
                                  run_dir / "uncertainty.png", image_shape=self.data.image_shape,
                                  mean_image=self.data.test_x[:1000].mean(0))
         tc = config.traces

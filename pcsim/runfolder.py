@@ -157,12 +157,10 @@ def make_run_dir(config, source: Optional[str], out: Optional[str]) -> Path:
     """Create a new, empty run folder under ``out`` (or ``run.out``)."""
     stem = Path(source).stem if source else "run"
     name = config.run.name or f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    check_out(config, out)
     root = Path(out or config.run.out)
     run_dir = root / name
     where = "--out" if out else "run.out"
-    if root.exists() and not root.is_dir():
-        raise RunFolderError(f"{root}: {where} must be a folder to hold run folders; this is "
-                             "a file")
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise FileExistsError(f"run folder {run_dir} exists and is not empty; choose another "
                               "run.name or --out")

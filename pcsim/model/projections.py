@@ -40,9 +40,36 @@ def projection_class(kind: str) -> type:
     return PROJECTIONS[kind]
 
 
+class _Sizes:
+    """Neuron counts of a projection's two layers (every kind has them)."""
+
+    @cached_property
+    def n_pre(self) -> int:
+        return math.prod(self.pre_shape)
+
+    @cached_property
+    def n_post(self) -> int:
+        return math.prod(self.post_shape)
+
+
+class _KernelSizes(_Sizes):
+    """What a convolution and its transpose share: a ``k x k`` kernel ``W`` whose
+    entries are the plastic synapses, and its initialisers' fans."""
+
+    @cached_property
+    def fans(self) -> tuple[int, int]:
+        k2 = self.kernel * self.kernel
+        return self.pre_shape[0] * k2, self.post_shape[0] * k2
+
+    @cached_property
+    def n_synapses(self) -> int:
+        """Plastic weights: the kernel's entries."""
+        return math.prod(self.tensors["W"])
+
+
 @register
 @dataclass(frozen=True)
-class Dense:
+class Dense(_Sizes):
     """A dense projection ``l``: every neuron of layer ``l - 1`` reaches every neuron of
     layer ``l`` through ``W_l`` (``n_post x n_pre``), plus a bias ``b_l``.
 
@@ -55,14 +82,6 @@ class Dense:
     index: int
     pre_shape: tuple
     post_shape: tuple
-
-    @cached_property
-    def n_pre(self) -> int:
-        return math.prod(self.pre_shape)
-
-    @cached_property
-    def n_post(self) -> int:
-        return math.prod(self.post_shape)
 
     @cached_property
     def out_shape(self) -> tuple:
@@ -115,7 +134,7 @@ def _taps(size: int, kernel: int, stride: int, padding: int) -> int:
 
 @register
 @dataclass(frozen=True)
-class Conv2d:
+class Conv2d(_KernelSizes):
     """A convolutional projection ``l`` from a ``(C_in, H, W)`` layer: kernel ``W_l`` of
     shape ``(C_out, C_in, k, k)``, one bias per output channel, then optionally pooling
     ``P_l`` (``"avg"`` or ``"max"``, window and stride ``pool_size``) after the
@@ -168,28 +187,10 @@ class Conv2d:
         return (self.post_shape[0],) + tuple(
             conv_out(n, self.kernel, self.stride, self.padding) for n in (h, w))
 
-    @cached_property
-    def n_pre(self) -> int:
-        return math.prod(self.pre_shape)
-
-    @cached_property
-    def n_post(self) -> int:
-        return math.prod(self.post_shape)
-
     @property
     def tensors(self) -> dict:
         c_out, c_in = self.post_shape[0], self.pre_shape[0]
         return {"W": (c_out, c_in, self.kernel, self.kernel), "b": (c_out,)}
-
-    @cached_property
-    def fans(self) -> tuple[int, int]:
-        k2 = self.kernel * self.kernel
-        return self.pre_shape[0] * k2, self.post_shape[0] * k2
-
-    @cached_property
-    def n_synapses(self) -> int:
-        """Plastic weights: the kernel's entries."""
-        return math.prod(self.tensors["W"])
 
     @cached_property
     def macs(self) -> int:
@@ -221,7 +222,7 @@ def conv_transpose_out(size: int, kernel: int, stride: int, padding: int,
 
 @register
 @dataclass(frozen=True)
-class ConvTranspose2d:
+class ConvTranspose2d(_KernelSizes):
     """A transposed-convolution projection ``l`` (a decoder's upsampling, as in PCX's
     generative benchmarks): kernel ``W_l`` of shape ``(C_in, C_out, k, k)`` (torch's
     layout), one bias per output channel, no pooling. Its forward map is the adjoint of
@@ -263,27 +264,10 @@ class ConvTranspose2d:
     def out_shape(self) -> tuple:
         return tuple(self.post_shape)
 
-    @cached_property
-    def n_pre(self) -> int:
-        return math.prod(self.pre_shape)
-
-    @cached_property
-    def n_post(self) -> int:
-        return math.prod(self.post_shape)
-
     @property
     def tensors(self) -> dict:
         c_in, c_out = self.pre_shape[0], self.post_shape[0]
         return {"W": (c_in, c_out, self.kernel, self.kernel), "b": (c_out,)}
-
-    @cached_property
-    def fans(self) -> tuple[int, int]:
-        k2 = self.kernel * self.kernel
-        return self.pre_shape[0] * k2, self.post_shape[0] * k2
-
-    @cached_property
-    def n_synapses(self) -> int:
-        return math.prod(self.tensors["W"])
 
     @cached_property
     def macs(self) -> int:

@@ -69,6 +69,11 @@ class LearnedPrecision:
         """``sigma2 = 1 / prec``, in the shape of ``value()``."""
         return self.value().reciprocal()
 
+    def per_neuron(self, t):
+        """``t`` (the shape of ``value()``: a scalar, per neuron or per channel) as one
+        value per neuron of the layer, flat in its C-order (the data's layout)."""
+        return t.expand(self.layer.shape).reshape(-1)
+
     def at_floor(self):
         """Which variances sit at their floor (bool, the shape of ``variance()``)."""
         return torch.zeros_like(self.variance(), dtype=torch.bool)
