@@ -62,10 +62,19 @@ def _with_prime(value, prime_of_value):
 _EXP_MAX = 80.0
 
 
+def _in_place(t) -> bool:
+    """True for a torch tensor outside autograd (the BP baseline differentiates these
+    functions, and autograd needs the operands that in-place operations overwrite)."""
+    return hasattr(t, "mul_") and not t.requires_grad
+
+
 def _logistic_of_negated(v, xp):
-    """``1 / (1 + exp(v))``, the logistic of ``-v``, with the exponent bounded (in place:
-    ``v`` is a temporary of the caller's)."""
-    v = v.clamp_(max=_EXP_MAX) if hasattr(v, "clamp_") else xp.minimum(v, _EXP_MAX)
+    """``1 / (1 + exp(v))``, the logistic of ``-v``, with the exponent bounded (in place
+    on a torch tensor: ``v`` is a temporary of the caller's; the same operations in the
+    same order as the out-of-place form, so the same bits, without its temporaries)."""
+    if _in_place(v):
+        return v.clamp_(max=_EXP_MAX).exp_().add_(1.0).reciprocal_()
+    v = v.clamp(max=_EXP_MAX) if hasattr(v, "clamp") else xp.minimum(v, _EXP_MAX)
     return 1.0 / (1.0 + xp.exp(v))
 
 
@@ -85,6 +94,9 @@ def _gelu(a, xp):
 
 
 def _gelu_gate(a, xp):
+    if _in_place(a):  # torch without autograd: in place on one temporary, the same bits
+        u = a * _GELU_K
+        return _logistic_of_negated(u.mul_(a).mul_(a).add_(a).mul_(-2 * _GELU_C), xp)
     return _logistic_of_negated(-2 * _GELU_C * (a + _GELU_K * a * a * a), xp)
 
 
@@ -94,6 +106,10 @@ def _gelu_prime(a, xp):
 
 def _gelu_both(a, xp):
     s = _gelu_gate(a, xp)  # = 0.5 (1 + t), so 0.5 (1 - t^2) = 2 s (1 - s)
+    if _in_place(a):  # torch without autograd: the expression below on two temporaries
+        prime = (a * 2).mul_(s).mul_(1 - s).mul_(_GELU_C)
+        slope = (a * (3 * _GELU_K)).mul_(a).add_(1)
+        return a * s, prime.mul_(slope).add_(s)
     return a * s, s + 2 * a * s * (1 - s) * _GELU_C * (1 + 3 * _GELU_K * a * a)
 
 

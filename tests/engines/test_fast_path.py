@@ -100,3 +100,22 @@ def test_fast_cycle_within_the_wavefront(steps):
         assert_close(gb, eb, atol=ROUNDOFF, what=f"b_{l}")
         reached = l >= 4 - steps  # eps_4 at the start, one layer further down per step
         assert bool(gw.abs().max() > 0) == reached, f"W_{l} after {steps} steps"
+
+
+def test_eager_cycle_kept_across_batches_follows_the_engine():
+    """The eager fast path keeps its dynamics between cycles; it still follows every
+    weight update, a change of the step count or of dt, and replaced maps."""
+    stepped, fast = _pair([6, 9, 8, 5], ["identity", "gelu", "tanh", "identity"], steps=4)
+    opts = [torch.optim.SGD(e.parameters(), lr=0.1) for e in (stepped, fast)]
+    for batch, (steps, dt) in enumerate([(4, 1e-3), (4, 1e-3), (6, 1e-3), (6, 2e-3)]):
+        for e in (stepped, fast):
+            e.n_steps, e.dt = steps, dt
+        if batch == 3:  # replaced maps (as the counting tests do): the new ones are used
+            fast.maps = list(fast.maps)
+        x0, target = torch.randn(4, 6, dtype=torch.float64), torch.rand(4, 5, dtype=torch.float64)
+        a = stepped.train_batch(x0, target, opts[0], hooks=[_Watch()])
+        b = fast.train_batch(x0, target, opts[1])
+        assert a["steps"] == b["steps"] == steps
+        assert_close(b["energy_final"], a["energy_final"], atol=ROUNDOFF, what=f"batch {batch}")
+        for p, q in zip(stepped.parameters(), fast.parameters()):
+            assert_close(q, p, atol=ROUNDOFF, what=f"batch {batch}")

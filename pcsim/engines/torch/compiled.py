@@ -29,19 +29,42 @@ class FastPath:
         self._cycle = None  # the cycle alone, compiled on first use
         self._update = None  # the optimizer's rule compiled with the cycle
         self._train_step = None
+        self._kept = None  # the eager cycle's (key, dynamics, schedule)
 
     def descent(self, x0, target):
         """The cycle: ``dE/dtheta`` by store name (what an optimizer descends: the negated
         local gradients) and the two batch-mean energies."""
         eng = self.engine
         clamped = eng.network.clamped("train")
-        dyn = eng._dynamics(frozen_maps(eng.maps, clamped), observed=False)
+        if torch.compiler.is_compiling():
+            # traced: everything is built here, from constants, and nothing is read from
+            # a store of Python objects (a stored list of rows would make torch.compile
+            # guard every entry at every call)
+            dyn = eng._dynamics(frozen_maps(eng.maps, clamped), observed=False)
+            schedule = inference_wavefront(clamped, eng.n_steps)
+        else:
+            dyn, schedule = self._eager(clamped)
         s = dyn.init_state(x0, target, clamped, zeros=False)
         e0 = dyn.energy(s).mean()
-        # the schedule is built here, from constants, not read from the engine: a stored
-        # list of rows would make torch.compile guard every entry at every call
-        dyn.run(s, inference_wavefront(clamped, eng.n_steps))
+        dyn.run(s, schedule)
         return {k: -g for k, g in dyn.local_gradients(s).items()}, e0, dyn.energy(s).mean()
+
+    def _eager(self, clamped):
+        """The eager cycle's dynamics and schedule, built once and kept while the engine's
+        maps and constants stay what they were: each cycle only refreshes the frozen
+        maps' copies of ``W^T`` and re-reads the precisions (Python work per cycle is
+        what an eager 128-wide network pays for)."""
+        eng = self.engine
+        key = (tuple(eng.maps), clamped, eng.n_steps, eng.dt, eng.tau_x, eng.tau_eps,
+               eng.tau_w, eng.weight_decay, tuple(eng.precisions))
+        if self._kept is None or self._kept[0] != key:
+            dyn = eng._dynamics(frozen_maps(eng.maps, clamped), observed=False)
+            self._kept = (key, dyn, inference_wavefront(clamped, eng.n_steps))
+        else:
+            dyn = self._kept[1]
+            frozen_maps(eng.maps, clamped, into=dyn.maps)
+            dyn._read_precisions()
+        return self._kept[1], self._kept[2]
 
     def _descent_and_update(self, x0, target, kind, groups, index, state, coef, hyper):
         """The cycle and the optimizer's update as one function, applied only when the

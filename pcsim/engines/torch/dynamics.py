@@ -100,6 +100,7 @@ class Dynamics:
                             if self.precisions[l].continuous or self.plastic]
         self.weight_decay = weight_decay
         self.events, self.recorder, self.sink = events, recorder, sink
+        self._dense_links = {}  # dtype -> Links that carry no batch state
 
     # ------------------------------------------------------------------ start
     def init_state(self, x0, target, clamped, zeros: bool = True) -> PCState:
@@ -113,10 +114,7 @@ class Dynamics:
                     mu=[None] * (L + 1), f_prime_a=[None] * (L + 1), eps=[None] * (L + 1),
                     g=[None] * (L + 1), route=[None] * (L + 1))
         s.x[0] = x0
-        wire = Wire(self.recorder, self.sink, acc.itemsize(x0.dtype),
-                    static_weights=not self.plastic)
-        s.links = build_links(self.network, self.maps, wire, x0.shape[0], self.events,
-                              x0.device, x0.dtype)
+        s.links = self._links(x0)
         s.events = s.links if s.links.event else None
         for l in range(1, L + 1):
             self._predict(s, l, s.links.forward[l].transmit(s.x[l - 1], 0))
@@ -130,6 +128,21 @@ class Dynamics:
                 self._error(s, l, fixed=True)  # leaky errors too start at the fixed point
         self._count_neurons(s, initial=True)
         return s
+
+    def _links(self, x0) -> Links:
+        """The batch's links: sigma-delta units start afresh; dense links that count
+        nothing hold no state of a batch, so a Dynamics that runs many batches (the
+        eager fast path) builds them once per dtype."""
+        reusable = self.events is None and self.recorder is None
+        if reusable and x0.dtype in self._dense_links:
+            return self._dense_links[x0.dtype]
+        wire = Wire(self.recorder, self.sink, acc.itemsize(x0.dtype),
+                    static_weights=not self.plastic)
+        links = build_links(self.network, self.maps, wire, x0.shape[0], self.events,
+                            x0.device, x0.dtype)
+        if reusable:
+            self._dense_links[x0.dtype] = links
+        return links
 
     def _read_precisions(self):
         """``prec[l]``: the fixed number, or the learned precision's current value."""

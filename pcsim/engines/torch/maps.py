@@ -107,8 +107,9 @@ class ProjectionMap:
     def active_pairs(self, pre_mask, post_mask):  # override: nonzero-factor gradient terms
         raise NotImplementedError
 
-    def frozen(self) -> "ProjectionMap":
-        """This map for one cycle of fixed weights (a kind may precompute there)."""
+    def frozen(self, into=None) -> "ProjectionMap":
+        """This map for one cycle of fixed weights (a kind may precompute there; given
+        ``into``, an earlier frozen copy of this map, it refreshes that one in place)."""
         return self
 
     def post_mask(self, mask):
@@ -188,7 +189,7 @@ class DenseMap(ProjectionMap):
         hits = self._in(mask).to(nz.dtype) @ (nz if adjoint else nz.t())
         return hits > 0
 
-    def frozen(self) -> "DenseMap":
+    def frozen(self, into=None) -> "DenseMap":
         """This map for a stretch in which ``W`` does not change (one PC cycle).
 
         It also holds ``W^T`` row-major, so that the forward product, like the adjoint,
@@ -198,6 +199,9 @@ class DenseMap(ProjectionMap):
         transposing copy per cycle buys that for every inference step. The copy does not
         see later updates of ``W``: use a frozen map for one cycle only.
         """
+        if into is not None:  # the eager fast path keeps its frozen maps across cycles
+            into._weight_t.copy_(self.weight.t())
+            return into
         return DenseMap(self.projection, self.tensors, self.weight.t().contiguous())
 
 
@@ -218,8 +222,14 @@ def build_maps(network, store) -> list:
                      for p in network.projections]
 
 
-def frozen_maps(maps, clamped) -> list:
+def frozen_maps(maps, clamped, into=None) -> list:
     """``maps`` for one cycle of fixed weights: a map that runs every step (its input is
     free) is :meth:`~ProjectionMap.frozen`; a clamped input's product runs once anyway,
-    so its map stays as it is."""
+    so its map stays as it is. ``into``: an earlier result for the same maps, refreshed
+    in place (and returned)."""
+    if into is not None:
+        for l in range(1, len(maps)):
+            if not clamped[l - 1]:
+                maps[l].frozen(into[l])
+        return into
     return [None] + [m if clamped[l - 1] else m.frozen() for l, m in enumerate(maps) if l]
