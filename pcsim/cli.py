@@ -54,6 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--traces", metavar="FILE.h5",
                     help="also record traces (the run's traces section, or 8 test samples)")
 
+    on = sub.add_parser("online", help="stream samples one at a time through a trained run",
+                        description="Online mode: each sample alone (batch 1), predicted "
+                        "first, then relaxed with its label clamped until it converges (its "
+                        "latency in steps), optionally learned from; ops counted. Writes "
+                        "RUN_DIR/online.json.")
+    on.add_argument("run_dir", help="a run folder written by `pcsim run` (PC, torch)")
+    on.add_argument("--samples", type=int, default=1000, help="stream length (default 1000)")
+    on.add_argument("--split", choices=["test", "train"], default="test")
+    on.add_argument("--stop-tol", type=float, default=1e-4,
+                    help="converged when a step lowers E by less than this share (1e-4)")
+    on.add_argument("--max-steps", type=int, default=200, help="steps at most per sample")
+    on.add_argument("--learn", action="store_true", help="one SGD step per sample")
+    on.add_argument("--lr", type=float, default=1e-3, help="learning rate with --learn")
+    on.add_argument("--theta", type=float, default=None,
+                    help="event mode with this sigma-delta threshold (default: the run's "
+                    "events section)")
+    on.add_argument("--carry", action="store_true",
+                    help="event mode: receivers keep what they hold from sample to sample")
+    on.add_argument("--execution", choices=["auto", "sparse", "dense"], default=None,
+                    help="how events are applied (default: the run's, auto)")
+    on.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    on.add_argument("--data-root", help="data root (overrides the run's data.root)")
+
     tr = sub.add_parser("traces", help="summarise (and plot) an HDF5 trace file")
     tr.add_argument("file", help="a trace file written by pcsim (traces.h5)")
     tr.add_argument("--plot", metavar="DIR", help="write PNG figures of one trial into DIR")
@@ -209,6 +232,19 @@ def _eval(args) -> int:
     return 0
 
 
+def _online(args) -> int:
+    from pcsim.online import OnlineConfig, describe, run_online
+
+    online = OnlineConfig(samples=args.samples, split=args.split, stop_tol=args.stop_tol,
+                          max_steps=args.max_steps, learn=args.learn, lr=args.lr)
+    result, out = run_online(args.run_dir, online, theta=args.theta, execution=args.execution,
+                             carry=args.carry, device=args.device, data_root=args.data_root)
+    print(f"{args.run_dir}: {describe(result)}")
+    if out is not None:
+        print(f"  wrote {out}")
+    return 0
+
+
 def _traces(args) -> int:
     from pcsim.monitors.hdf5 import summarize_trace
 
@@ -254,7 +290,8 @@ def _missing_path(args) -> Optional[str]:
     from pathlib import Path
     checks = {"run": [("config", "config file")], "resume": [("run_dir", "run folder")],
               "eval": [("run_dir", "run folder or checkpoint")],
-              "energy": [("run_dir", "run folder")], "traces": [("file", "trace file")]}
+              "energy": [("run_dir", "run folder")], "traces": [("file", "trace file")],
+              "online": [("run_dir", "run folder or checkpoint")]}
     for attr, what in checks.get(args.command, []):
         value = getattr(args, attr, None)
         if value and not Path(value).exists():
@@ -284,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _launch(list(sys.argv[1:] if argv is None else argv))
     try:
         return {"list": _list, "run": _run, "eval": _eval, "energy": _energy, "resume": _resume,
-                "traces": _traces}[args.command](args)
+                "traces": _traces, "online": _online}[args.command](args)
     except (FloatingPointError, TraceWriteError) as exc:  # failed while running: exit 1
         print(f"pcsim {args.command}: failed: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pcsim"
 RANK = {
     "units": 0, "config": 1, "model": 2, "engines": 3, "data": 3, "augment": 3.5, "monitors": 4,
     "energy": 5, "runio": 6, "plots": 6, "parallel": 6, "runfolder": 6.5, "training": 6.5,
-    "evaluation": 6.5, "experiment": 7, "cli": 8, "__main__": 9,
+    "evaluation": 6.5, "experiment": 7, "online": 7.5, "cli": 8, "__main__": 9,
     "__init__": 9,
 }
 
@@ -51,7 +51,7 @@ def test_only_engines_and_data_import_torch_and_brian2():
     """Backends are imported by engines (and data, for torchvision) only."""
     allowed = {"engines", "data", "augment", "experiment", "cli", "__init__", "monitors", "energy",
                "plots", "runio", "__main__", "parallel", "runfolder", "training",
-               "evaluation"}
+               "evaluation", "online"}
     for path in PACKAGE.rglob("*.py"):
         heavy = {m.split(".")[0] for m in _imports(path)} & {"torch", "brian2", "torchvision"}
         if heavy:

@@ -27,6 +27,9 @@ __all__ = [
 #: The most Euler steps per batch a config may ask for (a guard against hangs: 1e9 steps
 #: is accepted by the types and would run for days).
 MAX_STEPS = 1_000_000
+#: events.crossover's default: the share of senders below which a tick's events are
+#: applied by their columns alone (calibrated by benchmarks/event_speed.py, README)
+SPARSE_CROSSOVER = 0.25
 
 
 class DynamicsConfig(_Section):
@@ -162,11 +165,25 @@ class EventsConfig(_Section):
     ``theta`` is one threshold for every population, or a mapping from population names
     (``value_l<l>``, ``error_l<l>``) or the kinds ``value`` / ``error`` to thresholds; a
     population not named falls back to its kind, then to ``default`` (0).
+
+    ``execution`` says how a receiver applies a tick's events: ``sparse`` by the columns
+    of the neurons (a kernel's channels) that sent, ``dense`` by the product of the
+    mostly-zero payload, ``auto`` sparse when at most ``crossover`` of its senders sent.
+    The three give the same numbers and the same counts; only wall time differs.
     """
 
     enabled: bool = False
     theta: Union[float, dict[str, float]] = 0.0
     payload: Literal["graded", "integer"] = "graded"
+    execution: Literal["auto", "sparse", "dense"] = Field(
+        "auto", description="apply a tick's events by the senders' columns alone (sparse), "
+        "by the dense product of the payload, or by density against crossover (auto)")
+    crossover: float = Field(
+        SPARSE_CROSSOVER, gt=0, le=1,
+        description="auto: sparse when at most this share of a link's senders sent")
+    carry: bool = Field(
+        False, description="receivers keep what they hold from one batch to the next (a "
+        "stream: only changes are sent); off, every batch starts from zero")
 
     @model_validator(mode="after")
     def _check_theta(self):
@@ -243,9 +260,6 @@ class ExperimentConfig(_Section):
             if self.data.target != "image":
                 raise ValueError("network.mode 'generative' clamps the data to the top layer: "
                                  "set data.target: image")
-            if self.events.enabled:
-                raise ValueError("network.mode 'generative' with events.enabled is not "
-                                 "supported yet")
         elif self.data.target == "image" and self.learning.rule == "pc":
             raise ValueError("data.target 'image' with learning.rule 'pc' needs network.mode "
                              "'generative' (a PC autoencoder is only the decoder)")
@@ -253,10 +267,6 @@ class ExperimentConfig(_Section):
             raise ValueError("learning.optimizer 'none' needs rule 'pc' with a finite tau_w")
         if (self.learning.optimizer == "none" and math.isinf(self.dynamics.tau_w)):
             raise ValueError("learning.optimizer 'none' with tau_w = inf never changes a weight")
-        if self.events.enabled and math.isfinite(self.dynamics.tau_w):
-            raise ValueError("events.enabled with a finite dynamics.tau_w is not supported yet "
-                             "(receivers would need their synaptic input re-sent after every "
-                             "weight change)")
         eta = self.dynamics.dt / self.dynamics.tau_x
         for l, layer in enumerate(self.network.layers[1:], start=1):
             if layer.precision is None and eta * layer.prec >= 2:

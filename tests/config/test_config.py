@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from pcsim.config import ConfigError, load_config
+from pcsim.config.schema import SPARSE_CROSSOVER
 from pcsim.units import UnitError, parse_quantity
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,8 +116,18 @@ def test_events_theta_per_population(tmp_path):
     assert cfg.events.theta_for("error_l1") == 0.5
 
 
-def test_event_mode_with_plastic_weights_is_refused(tmp_path):
+def test_event_mode_settings_load_and_are_checked(tmp_path):
+    """Event mode with plastic weights loads (its receivers are re-synced, SPEC 3), and
+    the execution settings are validated with the field named."""
     path = _write(tmp_path, GOOD.replace("n_steps: 4", "n_steps: 4, tau_w: 1 s")
-                  + "events: {enabled: true}\n")
-    with pytest.raises(ConfigError, match="finite dynamics.tau_w is not supported"):
-        load_config(path)
+                  + "events: {enabled: true, execution: sparse, carry: true}\n")
+    cfg = load_config(path)
+    assert cfg.events.execution == "sparse" and cfg.events.carry
+    assert cfg.events.crossover == SPARSE_CROSSOVER
+    for bad, field in (("execution: fastest", "execution"), ("crossover: 0", "crossover"),
+                       ("crossover: 1.5", "crossover")):
+        path = _write(tmp_path, GOOD + f"events: {{enabled: true, {bad}}}\n")
+        with pytest.raises(ConfigError, match=field):
+            load_config(path)
+
+

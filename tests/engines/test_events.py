@@ -215,3 +215,97 @@ def test_dense_syn_ops_count_only_nonzero_weights_per_evaluation():
             assert by_step("syn_ops_mac", "W_2^T") == {k: 2 * 7 for k in (1, 2, 3)}
         else:  # backprop's adjoint through W_2 in the learning phase
             assert c.total("syn_ops_mac", "learning", target="W_2^T") == 2 * 7
+
+
+def test_generative_event_mode_at_theta_zero_equals_dense():
+    """Generative mode (free latent x_0 with its prior, the data clamped on top) in event
+    mode at theta = 0: inference and three Adam learning steps give the dense states and
+    weights to round-off."""
+    net = make_network(SIZES, ACTS, mode="generative")
+    dyn = make_dynamics(dt=1e-3, tau_x=10e-3, n_steps=10)
+    dense = TorchEngine(net, dyn, dtype=torch.float64, seed=4)
+    event = TorchEngine(net, dyn, dtype=torch.float64, seed=4,
+                        events=EventsConfig(enabled=True, theta=0.0))
+    opts = [torch.optim.Adam(e.parameters(), lr=1e-2) for e in (dense, event)]
+    g = torch.Generator().manual_seed(3)
+    for batch in range(3):
+        target = torch.randn(5, SIZES[-1], generator=g, dtype=torch.float64)
+        states = []
+        for eng, opt in zip((dense, event), opts):
+            s = eng.init_state(None, target)
+            eng.infer(s)
+            states.append(s)
+            eng.apply_gradients(eng.local_gradients(s), opt)
+        assert float(states[1].x[0].abs().max()) > 0  # the latent moved
+        for l in range(len(SIZES)):
+            assert_close(states[1].x[l], states[0].x[l], atol=1e-12, what=f"batch {batch} x_{l}")
+    for name, t in dense.params.items():
+        assert_close(event.params[name], t, atol=1e-12, what=name)
+
+
+def test_finite_tau_w_event_mode_at_theta_zero_equals_dense_and_counts_the_resync():
+    """Continuous plasticity (finite tau_w) in event mode at theta = 0: after every weight
+    change the receivers' accumulated inputs are recomputed, so states and weights follow
+    dense execution to round-off over two batches; the recomputation is counted as
+    learning-phase synaptic ops at every step, each nonzero sent value once per fan-out."""
+    net = make_network(SIZES, ACTS)
+    dyn = make_dynamics(dt=1e-3, tau_x=10e-3, tau_w=100e-3, n_steps=8)
+    dense = TorchEngine(net, dyn, dtype=torch.float64, seed=6)
+    event = TorchEngine(net, dyn, dtype=torch.float64, seed=6,
+                        events=EventsConfig(enabled=True, theta=0.0))
+    event.recorder = OpCounter()
+    g = torch.Generator().manual_seed(5)
+    for batch in range(2):
+        x = torch.randn(3, SIZES[0], generator=g, dtype=torch.float64)
+        y = torch.randn(3, SIZES[-1], generator=g, dtype=torch.float64)
+        sd, se = dense.init_state(x, y), event.init_state(x, y)
+        dense.infer(sd)
+        event.infer(se)
+        for l in range(len(SIZES)):
+            assert_close(se.x[l], sd.x[l], atol=1e-12, what=f"batch {batch} x_{l}")
+        for name, t in dense.params.items():
+            assert_close(event.params[name], t, atol=1e-12, what=f"batch {batch} {name}")
+    assert float((dense.params["W_1"] - TorchEngine(net, dyn, dtype=torch.float64,
+                                                    seed=6).params["W_1"]).abs().max()) > 1e-4
+    counts = event.recorder.result()
+    resync = counts.by("step", "syn_ops_mac", phase="learning")
+    assert sorted(resync) == list(range(1, 9))
+    # x_0 is clamped and dense (every pixel nonzero): W_1's resync reads all its weights
+    # at every step, per sample (2 batches x 3 samples)
+    w1 = sum(v for (ph, step, t, k), v in counts.cells.items()
+             if ph == "learning" and t == "W_1" and k == "syn_ops_mac")
+    assert w1 == 2 * 3 * 8 * SIZES[0] * SIZES[1]
+
+
+def test_carried_sigma_delta_state_equals_dense_and_sends_only_changes():
+    """events.carry: receivers keep what they hold from one batch to the next. At theta
+    = 0, with an Adam step between batches (the held inputs are recomputed for the new
+    weights), states and weights follow dense execution to round-off; a sample shown
+    twice sends no input event the second time, where a fresh start sends every
+    nonzero pixel."""
+    net = make_network(SIZES, ACTS)
+    dyn = make_dynamics(dt=1e-3, tau_x=10e-3, n_steps=6)
+    dense = TorchEngine(net, dyn, dtype=torch.float64, seed=2)
+    event = TorchEngine(net, dyn, dtype=torch.float64, seed=2,
+                        events=EventsConfig(enabled=True, theta=0.0, carry=True))
+    opts = [torch.optim.Adam(e.parameters(), lr=1e-2) for e in (dense, event)]
+    g = torch.Generator().manual_seed(8)
+    for batch in range(3):
+        x = torch.randn(2, SIZES[0], generator=g, dtype=torch.float64)
+        y = torch.randn(2, SIZES[-1], generator=g, dtype=torch.float64)
+        for eng, opt in zip((dense, event), opts):
+            eng.train_batch(x, y, opt)
+        for name, t in dense.params.items():
+            assert_close(event.params[name], t, atol=1e-12, what=f"batch {batch} {name}")
+    assert event._carried.weights_version == 2  # synced before the 3rd batch's own step
+    sent_at_start = {}
+    for carry in (False, True):
+        eng = TorchEngine(net, dyn, dtype=torch.float64, seed=2,
+                          events=EventsConfig(enabled=True, theta=0.0, carry=carry))
+        x, y = torch.randn(1, SIZES[0], generator=g, dtype=torch.float64), torch.zeros(1, SIZES[-1], dtype=torch.float64)
+        eng.infer(eng.init_state(x, y))
+        eng.recorder = OpCounter()
+        eng.init_state(x, y)
+        sent_at_start[carry] = sum(v for (ph, step, t, k), v in eng.recorder.result().cells.items()
+                                   if t == "W_1" and k == "syn_events" and step == 0)
+    assert sent_at_start == {False: SIZES[0], True: 0}

@@ -8,7 +8,7 @@ import torch
 
 from pcsim.model.ops import Op
 
-__all__ = ["itemsize", "count_dense", "count_one_to_one", "count_events", "count_neurons",
+__all__ = ["itemsize", "count_dense", "count_one_to_one", "count_events", "count_resync", "count_neurons",
            "count_updates", "count_backward", "count_learning", "count_prec_updates"]
 
 INFERENCE, LEARNING = "inference", "learning"
@@ -51,6 +51,14 @@ def count_events(rec, step, target, mask, fan_out, integer, size) -> None:
     _add(rec, INFERENCE, step, target, Op.SYN_OPS_AC if integer else Op.SYN_OPS_MAC, ops)
     if fan_out is not None:
         _add(rec, INFERENCE, step, target, Op.MEM_READ_BYTES, ops * size)
+
+
+def count_resync(rec, step, target, mask, fan_out, integer, size) -> None:
+    """A receiver's accumulated input recomputed after a weight change (event mode with
+    plasticity): each nonzero sent value reaches its fan-out once more (learning phase)."""
+    ops = (mask.to(fan_out.dtype) @ fan_out).sum()
+    _add(rec, LEARNING, step, target, Op.SYN_OPS_AC if integer else Op.SYN_OPS_MAC, ops)
+    _add(rec, LEARNING, step, target, Op.MEM_READ_BYTES, ops * size)
 
 
 def count_neurons(rec, step, network, clamped, rows, active, size, initial=False) -> None:

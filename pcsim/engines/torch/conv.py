@@ -107,6 +107,22 @@ class _KernelMap(ProjectionMap):
         return self._weight_grad(post_mask.to(self.weight.dtype),
                                  pre_mask.to(self.weight.dtype)).sum()
 
+    def sparse_index(self, mask, adjoint=False):
+        """The channels that sent in any sample and position (the sparse axis is the
+        channel: a sending channel's slice of the kernel is applied, the rest skipped)."""
+        sent = mask.any(0).flatten(1).any(1)
+        return sent.nonzero().squeeze(1), sent.numel()
+
+    def apply_sparse(self, payload, index, adjoint=False):
+        """The convolution (or its adjoint) of the sending channels with their slice of
+        the kernel alone."""
+        if index.numel() == 0:  # (torch's convolution of no channels is not zeros)
+            shape = self.projection.pre_shape if adjoint else self.projection.out_shape
+            return payload.new_zeros(payload.shape[0], *shape)
+        w = self.weight.index_select(self._in_dim if not adjoint else 1 - self._in_dim, index)
+        p = payload.index_select(1, index)
+        return self._adj(p, w) if adjoint else self._fwd(p, w)
+
     def _nz(self):
         return (self.weight != 0).to(self.weight.dtype)
 
@@ -135,6 +151,7 @@ class Conv2dMap(_KernelMap):
 
     kind = "conv2d"
     _backward_out_pad = (0, 0)
+    _in_dim = 1  # the kernel's axis of the forward map's input channels
 
     def __init__(self, projection, tensors: dict):
         super().__init__(projection, tensors)
@@ -161,6 +178,7 @@ class ConvTranspose2dMap(_KernelMap):
 
     kind = "conv_transpose2d"
     transposed = True
+    _in_dim = 0
 
     def __init__(self, projection, tensors: dict):
         super().__init__(projection, tensors)

@@ -103,18 +103,22 @@ class Dynamics:
         self._dense_links = {}  # dtype -> Links that carry no batch state
 
     # ------------------------------------------------------------------ start
-    def init_state(self, x0, target, clamped, zeros: bool = True) -> PCState:
+    def init_state(self, x0, target, clamped, zeros: bool = True, carry=None,
+                   weights_version: int = 0) -> PCState:
         """Clamp and start free layers at the feedforward pass ``x_l = mu_l``.
 
         ``zeros=False`` leaves the errors that are exactly zero after the start as
-        ``None`` (the wavefront skips them); else they are zero tensors.
+        ``None`` (the wavefront skips them); else they are zero tensors. ``carry``: the
+        previous batch's links in event mode, whose receivers keep what they hold (only
+        changes are sent); their inputs are recomputed first when the weights have
+        changed since (``weights_version``, the engine's learning steps, differs).
         """
         L = self.L
         s = PCState(x=[None] * (L + 1), clamped=clamped, a=[None] * (L + 1),
                     mu=[None] * (L + 1), f_prime_a=[None] * (L + 1), eps=[None] * (L + 1),
                     g=[None] * (L + 1), route=[None] * (L + 1))
         s.x[0] = x0
-        s.links = self._links(x0)
+        s.links = self._links(x0, carry, weights_version)
         s.events = s.links if s.links.event else None
         for l in range(1, L + 1):
             self._predict(s, l, s.links.forward[l].transmit(s.x[l - 1], 0))
@@ -129,10 +133,16 @@ class Dynamics:
         self._count_neurons(s, initial=True)
         return s
 
-    def _links(self, x0) -> Links:
-        """The batch's links: sigma-delta units start afresh; dense links that count
-        nothing hold no state of a batch, so a Dynamics that runs many batches (the
-        eager fast path) builds them once per dtype."""
+    def _links(self, x0, carry=None, weights_version: int = 0) -> Links:
+        """The batch's links: sigma-delta units start afresh, or carry on from ``carry``;
+        dense links that count nothing hold no state of a batch, so a Dynamics that runs
+        many batches (the eager fast path) builds them once per dtype."""
+        if carry is not None and self.events is not None and carry.fits(x0):
+            carry.wire.recorder, carry.wire.sink, carry.wire.active = self.recorder, self.sink, {}
+            if carry.weights_version != weights_version:
+                carry.resync(0)
+                carry.weights_version = weights_version
+            return carry
         reusable = self.events is None and self.recorder is None
         if reusable and x0.dtype in self._dense_links:
             return self._dense_links[x0.dtype]
@@ -140,6 +150,7 @@ class Dynamics:
                     static_weights=not self.plastic)
         links = build_links(self.network, self.maps, wire, x0.shape[0], self.events,
                             x0.device, x0.dtype)
+        links.weights_version = weights_version
         if reusable:
             self._dense_links[x0.dtype] = links
         return links
@@ -202,6 +213,8 @@ class Dynamics:
                                                             self.prec[l], self.tau_eps))
         if self.plastic:  # 3. synapses, from the old g and x
             self._learn_continuously(s)
+            if s.events is not None:  # the change must reach what receivers accumulated
+                links.resync(k)
         if self._continuous:  # 3b. learned precisions, from the old x and mu (SPEC 2.4)
             self._learn_precisions(s)
         s.x = new_x

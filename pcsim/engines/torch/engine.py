@@ -96,10 +96,9 @@ class TorchEngine(ReadOuts, StoreOwner):
                                   for name in params.names_of("layer", p.layer.index)]
         self.learning_steps = 0  # learning steps taken (the guard names the step)
         self.events = events if events is not None and events.enabled else None
-        if self.events is not None and self.plastic:
-            raise ValueError("event mode with a finite tau_w is not supported yet")
         self.recorder = None
         self.event_sink = None
+        self._carried = None  # event mode with events.carry: the last batch's links
         self.grad_reducer = None
         self.compile = bool(compile)
         self._fast = FastPath(self)
@@ -184,7 +183,13 @@ class TorchEngine(ReadOuts, StoreOwner):
         if len(clamped) != self.L + 1:
             raise ValueError(f"clamped has {len(clamped)} entries for {self.L + 1} layers")
         x0, target = self._inputs(x0, target)
-        return self._dynamics().init_state(x0, target, clamped)
+        carry = self.events is not None and self.events.carry
+        s = self._dynamics().init_state(x0, target, clamped,
+                                        carry=self._carried if carry else None,
+                                        weights_version=self.learning_steps)
+        if carry:
+            self._carried = s.links
+        return s
 
     @torch.no_grad()
     def assign(self, s: PCState, layer: int, x=None, eps=None) -> None:
@@ -310,7 +315,17 @@ class TorchEngine(ReadOuts, StoreOwner):
                 self._descend(descent, optimizer)
             else:  # (the fused graph has applied its update)
                 self._project_precisions()
-            self.learning_steps = step
-            if learned:  # no checkpoint may hold what this step made of them
-                self.check_precisions(f"after learning step {step}")
+            self._learned(step, learned)
         return BatchResult(e0, e1, steps)
+
+    @torch.no_grad()
+    def learn(self, s: PCState, optimizer) -> None:
+        """One learning step from a relaxed state ``s`` (what :meth:`train_batch` does
+        after inference; online mode calls it per sample)."""
+        self.apply_gradients(self.local_gradients(s), optimizer)
+        self._learned(self.learning_steps + 1, any(p is not None for p in self.precisions))
+
+    def _learned(self, step: int, learned: bool) -> None:
+        self.learning_steps = step
+        if learned:  # no checkpoint may hold what this step made of them
+            self.check_precisions(f"after learning step {step}")

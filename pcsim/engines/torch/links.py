@@ -35,6 +35,9 @@ class Wire:
     integer: bool = False  # integer payloads (AC ops)
     active: Optional[dict] = None  # population -> (batch, n) bool, event mode only
     static_weights: bool = True  # weights fixed for the batch (tau_w = inf): reach is cached
+    execution: str = "auto"  # events applied "sparse", "dense", or by density ("auto")
+    crossover: float = 0.0  # "auto": sparse when at most this share of senders sent
+    applied: Optional[dict] = None  # "sparse"/"dense" -> evaluations so executed (event mode)
 
 
 class Link:
@@ -77,16 +80,50 @@ class Link:
                 self._count_dense(signal.shape[0], step)
             return signal if self._dense is None else self._dense(signal)
         payload, mask = self.coder.send(signal)
-        if self.direction == FORWARD:
-            delta = self.map.linear(payload)
-        else:
-            delta = payload if self.direction == ONE_TO_ONE else self.map.adjoint(payload)
-        self.held = self.held + delta
+        delta = payload if self.direction == ONE_TO_ONE else self._apply(payload, mask)
+        if delta is not None:
+            self.held = self.held + delta
         if self.wire.sink is not None:
             self.wire.sink(self.sender, self.target, step, mask, payload)
         if self.wire.recorder is not None:
             self._count_events(mask, step)
         return self.map.with_bias(self.held) if self.direction == FORWARD else self.held
+
+    def resync(self, step: int) -> None:
+        """After a weight change (finite ``tau_w``): the receivers' accumulated input
+        ``u = W s_sent`` is recomputed from what they were sent, so that the change
+        reaches them (SPEC 3), and that work is counted (learning phase: ``syn_ops`` of
+        every nonzero sent value's fan-out; no event is sent)."""
+        if self.coder is None or self.direction == ONE_TO_ONE:
+            return
+        sent = self.coder.sent
+        mask = sent != 0
+        u = self._apply(sent, mask)
+        self.held = torch.zeros_like(self.held) if u is None else u
+        if self.wire.recorder is not None:
+            fan = self.map.fan_in() if self.direction == ADJOINT else self.map.fan_out()
+            acc.count_resync(self.wire.recorder, step, self.target, mask.flatten(1), fan,
+                             self.wire.integer, self.wire.size)
+
+    def _apply(self, payload, mask):
+        """What one tick's events add to the receivers' input (SPEC 3): the senders'
+        columns of ``W`` alone (sparse), or the dense product of the mostly-zero payload,
+        chosen per evaluation by the share of senders that sent (``auto``) against the
+        wire's crossover (None: nothing was sent). Either gives the same numbers; the
+        counts are the events'."""
+        adjoint, wire = self.direction == ADJOINT, self.wire
+        if wire.execution != "dense":
+            found = self.map.sparse_index(mask, adjoint)
+            if found is not None:
+                index, n = found
+                if index.numel() == 0:  # no events: the receivers hold what they held
+                    wire.applied["sparse"] += 1
+                    return None
+                if wire.execution == "sparse" or index.numel() <= wire.crossover * n:
+                    wire.applied["sparse"] += 1
+                    return self.map.apply_sparse(payload, index, adjoint)
+        wire.applied["dense"] += 1
+        return self.map.adjoint(payload) if adjoint else self.map.linear(payload)
 
     def _count_dense(self, rows, step):
         """Every sender transmits; ``syn_ops`` counts the nonzero weights reached (SPEC 4),
@@ -132,6 +169,19 @@ class Links:
     feedback: list
     error: list
     event: bool = False
+    weights_version: int = 0  # the learning steps its receivers' inputs are synced with
+
+    def resync(self, step: int) -> None:
+        """Recompute every matrix link's accumulated input after a weight change."""
+        for link in self.forward[1:] + self.feedback[:-1]:
+            link.resync(step)
+
+    def fits(self, x0) -> bool:
+        """True when these links can carry on with a batch like ``x0`` (same rows, dtype
+        and device as the batch they last transmitted)."""
+        held = self.forward[1].held
+        return (held is not None and held.shape[0] == x0.shape[0] and held.dtype == x0.dtype
+                and held.device == x0.device)
 
     # the sigma-delta units by the population that sends (SPEC 3 names)
     @property
@@ -181,4 +231,6 @@ def build_links(network, maps, wire: Wire, batch: int, events=None, device=None,
     if events is not None:
         wire.integer = events.payload == "integer"
         wire.active = {}
+        wire.execution, wire.crossover = events.execution, events.crossover
+        wire.applied = {"sparse": 0, "dense": 0}
     return Links(wire, forward, feedback, error, event=events is not None)

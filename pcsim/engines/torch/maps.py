@@ -112,6 +112,18 @@ class ProjectionMap:
         ``into``, an earlier frozen copy of this map, it refreshes that one in place)."""
         return self
 
+    def sparse_index(self, mask, adjoint: bool = False):
+        """Where one tick's events of a few senders can be applied alone: ``(index, n)``,
+        the positions along the kind's sparse axis that carry an event in any sample and
+        that axis's length (``adjoint``: the events of the post side), or None when the
+        kind has no sparse path (its events are applied by the dense product)."""
+        return None
+
+    def apply_sparse(self, payload, index, adjoint: bool = False):
+        """``W payload`` (or ``W^T payload``) from the entries of ``payload`` at
+        ``index`` alone (override with :meth:`sparse_index`)."""
+        raise NotImplementedError
+
     def post_mask(self, mask):
         """A mask over ``a_l``'s positions as one over layer ``l``'s neurons (through the
         pooling: a neuron is marked when any position of its window is)."""
@@ -183,6 +195,20 @@ class DenseMap(ProjectionMap):
     def active_pairs(self, pre_mask, post_mask):
         """Synapse-sample pairs with a nonzero pre and post factor (event-mode learning)."""
         return (self._in(pre_mask).sum(1) * post_mask.sum(1)).sum()
+
+    def sparse_index(self, mask, adjoint=False):
+        """The neurons that sent in any sample (the sparse axis is the neuron)."""
+        sent = self._in(mask).any(0)
+        return sent.nonzero().squeeze(1), sent.numel()
+
+    def apply_sparse(self, payload, index, adjoint=False):
+        """The senders' columns of ``W`` (rows of ``W^T``) times their payloads: a
+        ``(B, k) @ (k, n)`` product for ``k`` senders."""
+        p = self._in(payload).index_select(1, index)
+        if adjoint:
+            out = p @ self.weight.index_select(0, index)
+            return out if self._flat else out.reshape(p.shape[0], *self._pre_shape)
+        return p @ self.weight_t.index_select(0, index)
 
     def reached(self, mask: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
         nz = (self.weight != 0).to(self.weight.dtype)
