@@ -29,7 +29,10 @@ __all__ = [
 MAX_STEPS = 1_000_000
 #: events.crossover's default: the share of senders below which a tick's events are
 #: applied by their columns alone (calibrated by benchmarks/event_speed.py, README)
-SPARSE_CROSSOVER = 0.25
+SPARSE_CROSSOVER = 0.1
+#: events.sparse_min_macs's default: below it finding the events costs more than the
+#: dense product saves (a 784 x 512 product of one sample runs dense here)
+SPARSE_MIN_MACS = 500_000
 
 
 class DynamicsConfig(_Section):
@@ -181,6 +184,9 @@ class EventsConfig(_Section):
     crossover: float = Field(
         SPARSE_CROSSOVER, gt=0, le=1,
         description="auto: sparse when at most this share of a link's senders sent")
+    sparse_min_macs: int = Field(
+        SPARSE_MIN_MACS, ge=0, description="auto: a link evaluation of fewer dense MACs "
+        "(rows x n_post x n_pre) runs dense without looking for its events")
     carry: bool = Field(
         False, description="receivers keep what they hold from one batch to the next (a "
         "stream: only changes are sent); off, every batch starts from zero")

@@ -52,20 +52,33 @@ def test_sparse_product_equals_dense_product(kind, adjoint, density):
     p = m.projection
     shape = (3, *(p.out_shape if adjoint else p.pre_shape))
     payload, mask = _sparse_payload(shape, density, seed=len(kind))
-    index, n = m.sparse_index(mask, adjoint)
-    senders = mask[0].flatten() if kind.startswith("dense") else mask[0].flatten(1).any(1)
-    assert n == senders.numel() and index.tolist() == senders.nonzero().squeeze(1).tolist()
     dense = m.adjoint(payload) if adjoint else m.linear(payload)
-    sparse = m.apply_sparse(payload, index, adjoint)
-    assert sparse.shape == dense.shape
-    assert_close(sparse, dense, atol=ROUNDOFF, what=f"{kind} adjoint={adjoint}")
+    # one sample, a batch through gathered columns, a batch as a sparse payload
+    for rows, crossover in ((1, 1.0), (3, 1.0), (3, 0.0)):
+        index, count, n = m.sparse_index(mask[:rows], adjoint, crossover)
+        if kind.startswith("dense"):
+            senders = mask[0].flatten()  # (every sample has the same senders here)
+            if crossover > 0 or rows == 1:  # the senders' columns
+                assert (count, n) == (int(senders.sum()), senders.numel())
+                assert index.tolist() == senders.nonzero().squeeze(1).tolist()
+            else:  # each event, counted double (a sparse product's cost per event)
+                assert index is None or density == 0.0
+                if index is None:
+                    assert (count, n) == (2 * int(mask[:rows].sum()), mask[:rows].numel())
+        else:  # kernels: the channels that sent in any sample and position
+            senders = mask[0].flatten(1).any(1)
+            assert n == senders.numel() and index.tolist() == senders.nonzero().squeeze(1).tolist()
+            assert count == index.numel()
+        sparse = m.apply_sparse(payload[:rows], index, adjoint)
+        assert sparse.shape == dense[:rows].shape
+        assert_close(sparse, dense[:rows], atol=ROUNDOFF, what=f"{kind} adjoint={adjoint} rows={rows}")
 
 
-def _mlp_engine(execution, theta, payload="graded", crossover=0.25):
+def _mlp_engine(execution, theta, payload="graded", crossover=0.25, min_macs=0):
     net = make_network([20, 16, 12, 5], ["identity", "tanh", "gelu", "identity"])
     dyn = make_dynamics(dt=1e-3, tau_x=10e-3, n_steps=12)
     events = EventsConfig(enabled=True, theta=theta, payload=payload, execution=execution,
-                          crossover=crossover)
+                          crossover=crossover, sparse_min_macs=min_macs)
     return TorchEngine(net, dyn, dtype=F64, seed=3, events=events)
 
 
@@ -111,6 +124,10 @@ def test_the_automatic_choice_follows_density_and_never_changes_results():
     every = _run(_mlp_engine("auto", 0.02, crossover=1.0), x, y)
     assert every[3]["dense"] == 0
     _assert_same(dense, every, "crossover 1")
+    # products below sparse_min_macs (here 20 x 16 = 320 MACs and smaller) run dense
+    small = _run(_mlp_engine("auto", 0.02, crossover=1.0, min_macs=321), x, y)
+    assert small[3]["sparse"] == 0
+    _assert_same(dense, small, "min_macs")
 
 
 @pytest.mark.parametrize("payload,theta", [("graded", 0.0), ("graded", 0.02),
@@ -126,3 +143,22 @@ def test_sparse_execution_of_a_conv_net_equals_dense_execution(payload, theta):
         runs[ex] = _run(eng, x, y)
     assert runs["sparse"][3]["dense"] == 0
     _assert_same(runs["dense"], runs["sparse"], "conv sparse")
+
+
+def test_sparse_execution_follows_every_learning_step():
+    """The sparse path reads a kept row-major copy of W^T; an optimizer's step (and a
+    load of new weights) makes it copy again: three Adam batches executed sparsely end
+    at the weights of dense execution."""
+    engines = [_mlp_engine(ex, 0.01) for ex in ("dense", "sparse")]
+    opts = [torch.optim.Adam(e.parameters(), lr=1e-2) for e in engines]
+    g = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        x, y = torch.randn(2, 20, generator=g, dtype=F64), torch.randn(2, 5, generator=g, dtype=F64)
+        for e, opt in zip(engines, opts):
+            e.train_batch(x, y, opt)
+    for name, t in engines[0].params.items():
+        assert_close(engines[1].params[name], t, atol=ROUNDOFF, what=name)
+    fresh = _mlp_engine("dense", 0.01)
+    engines[1].load_state_dict(fresh.state_dict())
+    x, y = torch.randn(2, 20, generator=g, dtype=F64), torch.randn(2, 5, generator=g, dtype=F64)
+    _assert_same(_run(fresh, x, y), _run(engines[1], x, y), "after a load")

@@ -107,11 +107,12 @@ class _KernelMap(ProjectionMap):
         return self._weight_grad(post_mask.to(self.weight.dtype),
                                  pre_mask.to(self.weight.dtype)).sum()
 
-    def sparse_index(self, mask, adjoint=False):
+    def sparse_index(self, mask, adjoint=False, crossover=1.0):
         """The channels that sent in any sample and position (the sparse axis is the
         channel: a sending channel's slice of the kernel is applied, the rest skipped)."""
         sent = mask.any(0).flatten(1).any(1)
-        return sent.nonzero().squeeze(1), sent.numel()
+        index = sent.nonzero().squeeze(1)
+        return index, index.numel(), sent.numel()
 
     def apply_sparse(self, payload, index, adjoint=False):
         """The convolution (or its adjoint) of the sending channels with their slice of

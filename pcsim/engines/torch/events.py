@@ -51,10 +51,8 @@ class SigmaDelta:
             count = torch.trunc(delta / self.theta)
             mask = count != 0
             payload = count * self.theta
-        else:
-            mask = delta != 0
-            if self.theta > 0:
-                mask &= delta.abs() >= self.theta
-            payload = torch.where(mask, delta, torch.zeros_like(delta))
+        else:  # (|delta| >= theta > 0 excludes a zero change by itself)
+            mask = delta.abs() >= self.theta if self.theta > 0 else delta != 0
+            payload = torch.where(mask, delta, 0.0)
         self.sent = self.sent + payload
         return payload, mask

@@ -37,6 +37,7 @@ class Wire:
     static_weights: bool = True  # weights fixed for the batch (tau_w = inf): reach is cached
     execution: str = "auto"  # events applied "sparse", "dense", or by density ("auto")
     crossover: float = 0.0  # "auto": sparse when at most this share of senders sent
+    min_macs: int = 0  # "auto": evaluations of fewer dense MACs always run dense
     applied: Optional[dict] = None  # "sparse"/"dense" -> evaluations so executed (event mode)
 
 
@@ -112,18 +113,26 @@ class Link:
         wire's crossover (None: nothing was sent). Either gives the same numbers; the
         counts are the events'."""
         adjoint, wire = self.direction == ADJOINT, self.wire
-        if wire.execution != "dense":
-            found = self.map.sparse_index(mask, adjoint)
+        # (a product too small to be worth the look for its events: the look costs more)
+        small = wire.execution == "auto" and payload.shape[0] * self.macs < wire.min_macs
+        if wire.execution != "dense" and not small:
+            found = self.map.sparse_index(mask, adjoint, wire.crossover)
             if found is not None:
-                index, n = found
-                if index.numel() == 0:  # no events: the receivers hold what they held
+                index, count, n = found
+                if count == 0:  # no events: the receivers hold what they held
                     wire.applied["sparse"] += 1
                     return None
-                if wire.execution == "sparse" or index.numel() <= wire.crossover * n:
+                if wire.execution == "sparse" or count <= wire.crossover * n:
                     wire.applied["sparse"] += 1
-                    return self.map.apply_sparse(payload, index, adjoint)
+                    return self._sparse().apply_sparse(payload, index, adjoint)
         wire.applied["dense"] += 1
         return self.map.adjoint(payload) if adjoint else self.map.linear(payload)
+
+    def _sparse(self):
+        """The map whose rows the sparse path gathers: while the weights stand still, the
+        map's kept frozen copy (``W^T`` row-major, so a sender's column is contiguous),
+        else the live map."""
+        return self.map.kept_frozen() if self.wire.static_weights else self.map
 
     def _count_dense(self, rows, step):
         """Every sender transmits; ``syn_ops`` counts the nonzero weights reached (SPEC 4),
@@ -232,5 +241,6 @@ def build_links(network, maps, wire: Wire, batch: int, events=None, device=None,
         wire.integer = events.payload == "integer"
         wire.active = {}
         wire.execution, wire.crossover = events.execution, events.crossover
+        wire.min_macs = events.sparse_min_macs
         wire.applied = {"sparse": 0, "dense": 0}
     return Links(wire, forward, feedback, error, event=events is not None)

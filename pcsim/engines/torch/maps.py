@@ -112,16 +112,25 @@ class ProjectionMap:
         ``into``, an earlier frozen copy of this map, it refreshes that one in place)."""
         return self
 
-    def sparse_index(self, mask, adjoint: bool = False):
-        """Where one tick's events of a few senders can be applied alone: ``(index, n)``,
-        the positions along the kind's sparse axis that carry an event in any sample and
-        that axis's length (``adjoint``: the events of the post side), or None when the
-        kind has no sparse path (its events are applied by the dense product)."""
+    def kept_frozen(self) -> "ProjectionMap":
+        """A frozen copy of this map kept across cycles and refreshed only when its
+        tensors have changed since (their version counters moved; override with
+        :meth:`frozen`)."""
+        return self
+
+    def sparse_index(self, mask, adjoint: bool = False, crossover: float = 1.0):
+        """How one tick's events can be applied alone: ``(index, count, n)``, what
+        :meth:`apply_sparse` takes (the kind's own description of where the events are),
+        the units of work the events make and the units of the dense product (their
+        ratio is the density the automatic choice compares with ``crossover``; a kind
+        with several sparse strategies picks by it), or None when the kind has no
+        sparse path (its events are applied by the dense product). ``adjoint``: the
+        events of the post side."""
         return None
 
     def apply_sparse(self, payload, index, adjoint: bool = False):
-        """``W payload`` (or ``W^T payload``) from the entries of ``payload`` at
-        ``index`` alone (override with :meth:`sparse_index`)."""
+        """``W payload`` (or ``W^T payload``) from the events at ``index`` alone
+        (override with :meth:`sparse_index`)."""
         raise NotImplementedError
 
     def post_mask(self, mask):
@@ -143,6 +152,7 @@ class DenseMap(ProjectionMap):
         super().__init__(projection, tensors)
         self.weight, self.bias = tensors["W"], tensors["b"]
         self._weight_t = weight_t  # a row-major copy of W^T, only in a frozen map
+        self._kept, self._kept_version = None, None  # kept_frozen's copy and W's version
         self._pre_shape = tuple(projection.pre_shape)
         self._flat = len(self._pre_shape) == 1
 
@@ -196,19 +206,31 @@ class DenseMap(ProjectionMap):
         """Synapse-sample pairs with a nonzero pre and post factor (event-mode learning)."""
         return (self._in(pre_mask).sum(1) * post_mask.sum(1)).sum()
 
-    def sparse_index(self, mask, adjoint=False):
-        """The neurons that sent in any sample (the sparse axis is the neuron)."""
-        sent = self._in(mask).any(0)
-        return sent.nonzero().squeeze(1), sent.numel()
+    def sparse_index(self, mask, adjoint=False, crossover=1.0):
+        """The senders that sent in any sample, whose columns are gathered (a small
+        ``(B, k) @ (k, n)`` product), while they are at most ``crossover`` of the layer;
+        past that, in a batch, the events themselves sample by sample (the payload as a
+        sparse matrix, ``index`` None), which costs about twice as much per event as a
+        gathered column, so its density counts double."""
+        m = self._in(mask)
+        rows = m.shape[0]
+        union = m[0] if rows == 1 else m.contiguous().view(torch.uint8).amax(0)
+        index = union.nonzero().squeeze(1)
+        if rows == 1 or index.numel() <= crossover * m.shape[1]:
+            return index, index.numel(), m.shape[1]
+        return None, 2 * int(m.sum()), m.numel()
 
     def apply_sparse(self, payload, index, adjoint=False):
-        """The senders' columns of ``W`` (rows of ``W^T``) times their payloads: a
-        ``(B, k) @ (k, n)`` product for ``k`` senders."""
-        p = self._in(payload).index_select(1, index)
-        if adjoint:
-            out = p @ self.weight.index_select(0, index)
-            return out if self._flat else out.reshape(p.shape[0], *self._pre_shape)
-        return p @ self.weight_t.index_select(0, index)
+        """The events times the senders' columns of ``W`` (rows of ``W^T``, row-major in
+        a frozen map): for one sample a ``(1, k) @ (k, n)`` product of the ``k``
+        senders, for a batch the sparse payload times the dense matrix."""
+        w = self.weight if adjoint else self.weight_t
+        p = self._in(payload)
+        if index is not None:
+            out = p.index_select(1, index) @ w.index_select(0, index)
+        else:
+            out = torch.sparse.mm(p.to_sparse(), w)
+        return out if not adjoint or self._flat else out.reshape(p.shape[0], *self._pre_shape)
 
     def reached(self, mask: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
         nz = (self.weight != 0).to(self.weight.dtype)
@@ -229,6 +251,20 @@ class DenseMap(ProjectionMap):
             into._weight_t.copy_(self.weight.t())
             return into
         return DenseMap(self.projection, self.tensors, self.weight.t().contiguous())
+
+
+    def kept_frozen(self) -> "DenseMap":
+        """The frozen copy event mode's sparse path reads, kept while ``W`` is unchanged:
+        an optimizer's step or a load moves the tensor's version counter, and only then
+        is ``W^T`` copied again (at batch 1 a copy per sample would cost more than the
+        inference it serves)."""
+        version = self.weight._version
+        if self._kept is None:
+            self._kept = self.frozen()
+        elif self._kept_version != version:
+            self.frozen(into=self._kept)
+        self._kept_version = version
+        return self._kept
 
 
 def as_layer(t: torch.Tensor, layer) -> torch.Tensor:
