@@ -208,16 +208,20 @@ def plot(result, path: Path) -> None:
         rows = sorted((r for r in result["rows"] if (r["net"], r["batch"], r["threads"])
                        == (net, batch, threads)), key=lambda r: r["density"])
         dens = [max(r["density"], 1e-4) for r in rows]
-        ratio = [r["seconds"]["events, dense"]["inference"]
-                 / r["seconds"]["events, sparse"]["inference"] for r in rows]
-        axes[0].plot(dens, ratio, marker="o", label=f"{net}, batch {batch}, {threads} thr")
+        t = [r["seconds"] for r in rows]
+        line, = axes[0].plot(dens, [s["events, dense"]["inference"] / s["events, auto"]["inference"]
+                                    for s in t], marker="o",
+                             label=f"{net}, batch {batch}, {threads} thr")
+        axes[0].plot(dens, [s["events, dense"]["inference"] / s["events, sparse"]["inference"]
+                            for s in t], ls=":", lw=1, color=line.get_color())
         axes[1].plot(dens, [r["syn_ops_per_sample"] for r in rows], marker="o",
-                     label=f"{net}, batch {batch}")
+                     color=line.get_color(), label=f"{net}, batch {batch}")
     axes[0].axhline(1.0, color="grey", lw=0.8)
-    axes[0].axvline(result["crossover"], color="red", ls="--", lw=1,
-                    label=f"crossover {result['crossover']:g}")
-    axes[0].set(xscale="log", xlabel="event density (share of senders per step)",
-                ylabel="dense / sparse time per inference", title="sparse receivers' speed-up")
+    axes[0].set(xscale="log", xlabel="event density (events per sender per step)",
+                ylabel="dense / event-driven time per inference",
+                title=f"auto (solid; crossover {result['crossover']:g}) and always sparse "
+                      "(dotted)")
+    axes[0].title.set_fontsize(9)
     axes[1].set(xscale="log", yscale="log", xlabel="event density",
                 ylabel="synaptic ops per sample (one inference)", title="ops follow density")
     axes[0].legend(fontsize=7)

@@ -29,7 +29,7 @@ __all__ = [
 MAX_STEPS = 1_000_000
 #: events.crossover's default: the share of senders below which a tick's events are
 #: applied by their columns alone (calibrated by benchmarks/event_speed.py, README)
-SPARSE_CROSSOVER = 0.1
+SPARSE_CROSSOVER = 0.05
 #: events.sparse_min_macs's default: below it finding the events costs more than the
 #: dense product saves (a 784 x 512 product of one sample runs dense here)
 SPARSE_MIN_MACS = 500_000

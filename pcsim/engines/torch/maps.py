@@ -211,14 +211,21 @@ class DenseMap(ProjectionMap):
         ``(B, k) @ (k, n)`` product), while they are at most ``crossover`` of the layer;
         past that, in a batch, the events themselves sample by sample (the payload as a
         sparse matrix, ``index`` None), which costs about twice as much per event as a
-        gathered column, so its density counts double."""
+        gathered column, so its density counts double. A batch's events are counted
+        first (one reduction): when even their lower bound on the senders is past the
+        crossover, the dense product is chosen without looking further."""
         m = self._in(mask)
-        rows = m.shape[0]
-        union = m[0] if rows == 1 else m.contiguous().view(torch.uint8).amax(0)
-        index = union.nonzero().squeeze(1)
-        if rows == 1 or index.numel() <= crossover * m.shape[1]:
-            return index, index.numel(), m.shape[1]
-        return None, 2 * int(m.sum()), m.numel()
+        rows, n = m.shape
+        if rows == 1:
+            index = m[0].nonzero().squeeze(1)
+            return index, index.numel(), n
+        events = int(m.sum())
+        if events > crossover * rows * n:  # >= events / rows senders: too many either way
+            return None, 2 * events, m.numel()
+        index = m.contiguous().view(torch.uint8).amax(0).nonzero().squeeze(1)
+        if index.numel() <= crossover * n:
+            return index, index.numel(), n
+        return None, 2 * events, m.numel()
 
     def apply_sparse(self, payload, index, adjoint=False):
         """The events times the senders' columns of ``W`` (rows of ``W^T``, row-major in
