@@ -217,6 +217,8 @@ def plot(result, path: Path) -> None:
         axes[1].plot(dens, [r["syn_ops_per_sample"] for r in rows], marker="o",
                      color=line.get_color(), label=f"{net}, batch {batch}")
     axes[0].axhline(1.0, color="grey", lw=0.8)
+    for ax in axes:  # auto goes sparse left of this line (per link and step)
+        ax.axvline(result["crossover"], color="grey", ls="--", lw=0.8)
     axes[0].set(xscale="log", xlabel="event density (events per sender per step)",
                 ylabel="dense / event-driven time per inference",
                 title=f"auto (solid; crossover {result['crossover']:g}) and always sparse "

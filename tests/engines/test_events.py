@@ -78,10 +78,12 @@ def test_sigma_delta_residue_and_integer_payloads():
     fired_graded, fired_integer = [], []
     for tick in range(1, 11):
         signal = torch.full((1, 1), 0.3 * tick, dtype=torch.float64)
-        payload, mask = graded.send(signal)
+        ev = graded.send(signal)
+        payload, mask = ev.payload, ev.mask
         if mask.any():
             fired_graded.append((tick, round(float(payload), 12)))
-        payload, mask = integer.send(signal)
+        ev = integer.send(signal)
+        payload, mask = ev.payload, ev.mask
         if mask.any():
             fired_integer.append((tick, float(payload)))
     # graded: 1.2 at tick 4, then 2.1 - 1.2 = 0.9 < 1 at tick 7? no: 0.9 -> waits; tick 8: 2.4 - 1.2 = 1.2

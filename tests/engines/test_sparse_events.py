@@ -8,6 +8,7 @@ import torch
 from pcsim.config.schema import EventsConfig
 from pcsim.engines.torch.conv import Conv2dMap, ConvTranspose2dMap
 from pcsim.engines.torch.engine import TorchEngine
+from pcsim.engines.torch.events import Events, SigmaDelta
 from pcsim.engines.torch.maps import DenseMap
 from pcsim.model.projections import Conv2d, ConvTranspose2d, Dense
 from pcsim.monitors import OpCounter
@@ -55,7 +56,7 @@ def test_sparse_product_equals_dense_product(kind, adjoint, density):
     dense = m.adjoint(payload) if adjoint else m.linear(payload)
     # one sample, a batch through gathered columns, a batch as a sparse payload
     for rows, crossover in ((1, 1.0), (3, 1.0), (3, 0.0)):
-        index, count, n = m.sparse_index(mask[:rows], adjoint, crossover)
+        index, count, n = m.sparse_index(Events(payload[:rows], mask[:rows]), adjoint, crossover)
         if kind.startswith("dense"):
             senders = mask[0].flatten()  # (every sample has the same senders here)
             if crossover > 0 or rows == 1:  # the senders' columns
@@ -72,6 +73,27 @@ def test_sparse_product_equals_dense_product(kind, adjoint, density):
         sparse = m.apply_sparse(payload[:rows], index, adjoint)
         assert sparse.shape == dense[:rows].shape
         assert_close(sparse, dense[:rows], atol=ROUNDOFF, what=f"{kind} adjoint={adjoint} rows={rows}")
+
+
+def test_events_say_how_many_and_where():
+    """A sender's events name the neurons (flat, any sample) and channels (any sample
+    and position) that sent, and their number, each as the mask has them; a tick with no
+    event names none."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(4, 3, 5, 5, generator=g) < 0.02
+    mask[2, 1, 0, 4] = True
+    ev = Events(torch.where(mask, 1.0, 0.0), mask)
+    assert ev.count() == int(mask.sum()) and ev.rows == 4
+    flat = mask.reshape(4, -1)
+    expect = sorted({int(j) for i in range(4) for j in flat[i].nonzero().flatten()})
+    assert ev.senders().tolist() == expect and ev.senders() is ev.senders()
+    assert ev.channels().tolist() == sorted({j // 25 for j in expect})
+    one = Events(torch.zeros(1, 7), torch.zeros(1, 7, dtype=torch.bool))
+    assert one.count() == 0 and one.senders().numel() == 0 and one.channels().numel() == 0
+    sd = SigmaDelta("value_l0", 0.5)
+    sd.reset(torch.zeros(1, 3))
+    ev = sd.send(torch.tensor([[0.2, -0.75, 0.5]]))
+    assert ev.senders().tolist() == [1, 2] and ev.payload.tolist() == [[0.0, -0.75, 0.5]]
 
 
 def _mlp_engine(execution, theta, payload="graded", crossover=0.25, min_macs=0):

@@ -107,12 +107,11 @@ class _KernelMap(ProjectionMap):
         return self._weight_grad(post_mask.to(self.weight.dtype),
                                  pre_mask.to(self.weight.dtype)).sum()
 
-    def sparse_index(self, mask, adjoint=False, crossover=1.0):
+    def sparse_index(self, events, adjoint=False, crossover=1.0):
         """The channels that sent in any sample and position (the sparse axis is the
         channel: a sending channel's slice of the kernel is applied, the rest skipped)."""
-        sent = mask.any(0).flatten(1).any(1)
-        index = sent.nonzero().squeeze(1)
-        return index, index.numel(), sent.numel()
+        index = events.channels()
+        return index, index.numel(), events.mask.shape[1]
 
     def apply_sparse(self, payload, index, adjoint=False):
         """The convolution (or its adjoint) of the sending channels with their slice of

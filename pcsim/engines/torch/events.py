@@ -13,7 +13,48 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SigmaDelta"]
+__all__ = ["Events", "SigmaDelta"]
+
+
+class Events:
+    """One tick's events of a population, as a sender emits them: the ``payload`` (zero
+    where nothing is sent), the ``mask`` of the events, and where they are -- their
+    number and the indices of the neurons (or channels) that sent, each computed once on
+    first use and shared by every receiver of the tick (a receiver that applies the
+    events densely never asks)."""
+
+    __slots__ = ("payload", "mask", "_count", "_senders", "_channels")
+
+    def __init__(self, payload: torch.Tensor, mask: torch.Tensor):
+        self.payload, self.mask = payload, mask
+        self._count = self._senders = self._channels = None
+
+    @property
+    def rows(self) -> int:
+        return self.mask.shape[0]
+
+    def count(self) -> int:
+        """The number of events (over the batch)."""
+        if self._count is None:
+            self._count = int(self.mask.sum())
+        return self._count
+
+    def senders(self) -> torch.Tensor:
+        """Flat indices (ascending) of the neurons that sent in any sample."""
+        if self._senders is None:
+            m = self.mask.reshape(self.rows, -1)
+            if self.rows > 1:  # (a byte max over the batch: ~10x faster than any(0))
+                m = m.contiguous().view(torch.uint8).amax(0, keepdim=True)
+            self._senders = m[0].nonzero().squeeze(1)
+        return self._senders
+
+    def channels(self) -> torch.Tensor:
+        """Indices (ascending) of the channels (axis 1 of a shaped population) that sent
+        at any sample and position."""
+        if self._channels is None:
+            m = self.mask.transpose(0, 1).reshape(self.mask.shape[1], -1)
+            self._channels = m.any(1).nonzero().squeeze(1)
+        return self._channels
 
 
 class SigmaDelta:
@@ -41,10 +82,11 @@ class SigmaDelta:
         """Start a batch: receivers hold zero."""
         self.sent = torch.zeros_like(like)
 
-    def send(self, signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(payload, mask)`` for this tick and update ``sent``.
+    def send(self, signal: torch.Tensor) -> Events:
+        """Return this tick's :class:`Events` and update ``sent``.
 
-        ``payload`` is zero where no event is sent; ``mask`` marks the events.
+        Their ``payload`` is zero where no event is sent; ``mask`` marks the events;
+        ``count()`` and ``senders()`` say how many and where.
         """
         delta = signal - self.sent
         if self.integer:
@@ -55,4 +97,4 @@ class SigmaDelta:
             mask = delta.abs() >= self.theta if self.theta > 0 else delta != 0
             payload = torch.where(mask, delta, 0.0)
         self.sent = self.sent + payload
-        return payload, mask
+        return Events(payload, mask)

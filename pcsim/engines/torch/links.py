@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from pcsim.engines.torch import accounting as acc
-from pcsim.engines.torch.events import SigmaDelta
+from pcsim.engines.torch.events import Events, SigmaDelta
 
 __all__ = ["Wire", "Link", "Links", "build_links"]
 
@@ -80,8 +80,9 @@ class Link:
             if self.wire.recorder is not None:
                 self._count_dense(signal.shape[0], step)
             return signal if self._dense is None else self._dense(signal)
-        payload, mask = self.coder.send(signal)
-        delta = payload if self.direction == ONE_TO_ONE else self._apply(payload, mask)
+        events = self.coder.send(signal)
+        payload, mask = events.payload, events.mask
+        delta = payload if self.direction == ONE_TO_ONE else self._apply(events)
         if delta is not None:
             self.held = self.held + delta
         if self.wire.sink is not None:
@@ -99,14 +100,14 @@ class Link:
             return
         sent = self.coder.sent
         mask = sent != 0
-        u = self._apply(sent, mask)
+        u = self._apply(Events(sent, mask))
         self.held = torch.zeros_like(self.held) if u is None else u
         if self.wire.recorder is not None:
             fan = self.map.fan_in() if self.direction == ADJOINT else self.map.fan_out()
             acc.count_resync(self.wire.recorder, step, self.target, mask.flatten(1), fan,
                              self.wire.integer, self.wire.size)
 
-    def _apply(self, payload, mask):
+    def _apply(self, events):
         """What one tick's events add to the receivers' input (SPEC 3): the senders'
         columns of ``W`` alone (sparse), or the dense product of the mostly-zero payload,
         chosen per evaluation by the share of senders that sent (``auto``) against the
@@ -114,9 +115,10 @@ class Link:
         counts are the events'."""
         adjoint, wire = self.direction == ADJOINT, self.wire
         # (a product too small to be worth the look for its events: the look costs more)
+        payload = events.payload
         small = wire.execution == "auto" and payload.shape[0] * self.macs < wire.min_macs
         if wire.execution != "dense" and not small:
-            found = self.map.sparse_index(mask, adjoint, wire.crossover)
+            found = self.map.sparse_index(events, adjoint, wire.crossover)
             if found is not None:
                 index, count, n = found
                 if count == 0:  # no events: the receivers hold what they held

@@ -118,14 +118,15 @@ class ProjectionMap:
         :meth:`frozen`)."""
         return self
 
-    def sparse_index(self, mask, adjoint: bool = False, crossover: float = 1.0):
-        """How one tick's events can be applied alone: ``(index, count, n)``, what
-        :meth:`apply_sparse` takes (the kind's own description of where the events are),
-        the units of work the events make and the units of the dense product (their
-        ratio is the density the automatic choice compares with ``crossover``; a kind
-        with several sparse strategies picks by it), or None when the kind has no
-        sparse path (its events are applied by the dense product). ``adjoint``: the
-        events of the post side."""
+    def sparse_index(self, events, adjoint: bool = False, crossover: float = 1.0):
+        """How one tick's :class:`~pcsim.engines.torch.events.Events` can be applied
+        alone: ``(index, count, n)``, what :meth:`apply_sparse` takes (the kind's own
+        description of where the events are, from the indices the sender computed), the
+        units of work the events make and the units of the dense product (their ratio is
+        the density the automatic choice compares with ``crossover``; a kind with several
+        sparse strategies picks by it), or None when the kind has no sparse path (its
+        events are applied by the dense product). ``adjoint``: the events of the post
+        side."""
         return None
 
     def apply_sparse(self, payload, index, adjoint: bool = False):
@@ -206,7 +207,7 @@ class DenseMap(ProjectionMap):
         """Synapse-sample pairs with a nonzero pre and post factor (event-mode learning)."""
         return (self._in(pre_mask).sum(1) * post_mask.sum(1)).sum()
 
-    def sparse_index(self, mask, adjoint=False, crossover=1.0):
+    def sparse_index(self, events, adjoint=False, crossover=1.0):
         """The senders that sent in any sample, whose columns are gathered (a small
         ``(B, k) @ (k, n)`` product), while they are at most ``crossover`` of the layer;
         past that, in a batch, the events themselves sample by sample (the payload as a
@@ -214,18 +215,15 @@ class DenseMap(ProjectionMap):
         gathered column, so its density counts double. A batch's events are counted
         first (one reduction): when even their lower bound on the senders is past the
         crossover, the dense product is chosen without looking further."""
-        m = self._in(mask)
-        rows, n = m.shape
-        if rows == 1:
-            index = m[0].nonzero().squeeze(1)
+        rows, n = events.rows, events.mask[0].numel()
+        if rows > 1:
+            count = events.count()
+            if count > crossover * rows * n:  # >= count / rows senders: too many either way
+                return None, 2 * count, rows * n
+        index = events.senders()
+        if rows == 1 or index.numel() <= crossover * n:
             return index, index.numel(), n
-        events = int(m.sum())
-        if events > crossover * rows * n:  # >= events / rows senders: too many either way
-            return None, 2 * events, m.numel()
-        index = m.contiguous().view(torch.uint8).amax(0).nonzero().squeeze(1)
-        if index.numel() <= crossover * n:
-            return index, index.numel(), n
-        return None, 2 * events, m.numel()
+        return None, 2 * count, rows * n
 
     def apply_sparse(self, payload, index, adjoint=False):
         """The events times the senders' columns of ``W`` (rows of ``W^T``, row-major in
