@@ -87,6 +87,10 @@ def test_missing_figure_is_reported_never_zero(tmp_path):
     (lambda d: d.update(vendor="x"), "vendor", "unknown key"),
     (lambda d: d["energies"]["syn_op_ac"].update(basis="guessed"), "energies.syn_op_ac.basis",
      "'measured'"),
+    (lambda d: d["energies"]["syn_op_ac"].update(value=float("inf")),
+     "energies.syn_op_ac.value", "finite number"),
+    (lambda d: d["energies"]["syn_op_ac"].update(value=True), "energies.syn_op_ac.value",
+     "got a boolean"),
 ])
 def test_malformed_profile_names_file_and_key(tmp_path, change, key, expected):
     data = _profile_dict()

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import ValidationError
 
+from pcsim.config.base import read_small_text, read_yaml
 from pcsim.config.schema import ExperimentConfig
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "apply_overrides", "parse_override"]
@@ -105,13 +106,13 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_small_text(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:

@@ -149,7 +149,7 @@ class RunConfig(_Section):
     name: Optional[str] = Field(None, min_length=1, max_length=200, pattern=r"^[^/\x00]+$",
                                 description="run folder name (no '/'); default: config stem + time")
     progress: bool = True
-    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads")
+    threads: Optional[int] = Field(None, gt=0, le=1024, description="torch CPU threads")
     compile: bool = Field(False, description="torch.compile the engine's fast PC cycle "
                           "(a one-off compile, then fused steps)")
     dist_timeout: float = Field(

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
+from pcsim.config.base import read_small_text, read_yaml, refuse_bool
 from pcsim.units import parse_quantity
 
 __all__ = ["ENERGY_KINDS", "ProfileError", "EnergyEntry", "HardwareProfile", "load_profile",
@@ -49,7 +51,13 @@ def _maybe(unit):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # (an energy of inf or nan would price a run at nan J)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value, info: ValidationInfo):
+        return refuse_bool(cls, value, info)
 
 
 class EnergyEntry(_Strict):
@@ -129,8 +137,8 @@ def load_profile(name_or_path: str | Path, folder: Optional[str | Path] = None) 
             raise ProfileError(f"{path}: no such hardware profile; available in {folder}: "
                                f"{available_profiles(folder)}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = read_yaml(read_small_text(path))
+    except (OSError, yaml.YAMLError, ValueError) as exc:
         raise ProfileError(f"{path}: cannot read profile: {exc}") from None
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a mapping at the top level")

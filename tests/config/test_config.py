@@ -55,6 +55,11 @@ def test_units_are_parsed_into_seconds(tmp_path):
     (GOOD.replace("n_steps: 4", "n_steps: 4, duration: 5 ms"), "dynamics",
      "either n_steps or duration"),
     ("learning: {lr: 0.1}\n", "network", "required key is missing"),
+    # booleans are not numbers (pydantic alone would read true as 1 and 1.0)
+    (GOOD.replace("{size: 3, activation: tanh}", "{size: true}"), "network.layers.1.size",
+     "got a boolean"),
+    (GOOD.replace("lr: 0.01", "lr: false"), "learning.lr", "got a boolean"),
+    (GOOD + "run: {threads: 1000000000}\n", "run.threads", "less than or equal to 1024"),
 ])
 def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expected):
     """Unknown keys, wrong types, bad units and out-of-range values raise ConfigError
@@ -74,6 +79,24 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_duplicate_keys_and_endless_files_are_refused(tmp_path):
+    """A key written twice is an error naming it and both lines (YAML alone keeps the
+    last); a file past 1 MiB (a path to /dev/zero) is refused without reading it all;
+    a real boolean setting still takes true."""
+    path = _write(tmp_path, GOOD + "learning: {lr: 0.5, epochs: 2}\n")
+    with pytest.raises(ConfigError, match=r"key 'learning' is written twice \(lines 8 and 9\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="written twice"):
+        load_config(_write(tmp_path, GOOD.replace("lr: 0.01", "lr: 0.01, lr: 0.02")))
+    big = _write(tmp_path, GOOD + "#" * (1 << 20))
+    with pytest.raises(ConfigError, match=f"{big}: larger than 1 MiB"):
+        load_config(big)
+    if Path("/dev/zero").exists():
+        with pytest.raises(ConfigError, match="larger than 1 MiB"):
+            load_config("/dev/zero")
+    assert load_config(_write(tmp_path, GOOD + "events: {enabled: true}\n")).events.enabled
 
 
 def test_overrides_replace_dotted_keys_and_are_validated(tmp_path):
