@@ -72,8 +72,8 @@ def _logistic_of_negated(v, xp):
     """``1 / (1 + exp(v))``, the logistic of ``-v``, with the exponent bounded (in place
     on a torch tensor: ``v`` is a temporary of the caller's; the same operations in the
     same order as the out-of-place form, so the same bits, without its temporaries)."""
-    if _in_place(v):
-        return v.clamp_(max=_EXP_MAX).exp_().add_(1.0).reciprocal_()
+    if _in_place(v):  # (no bound needed: exp overflows to inf, and 1 / (1 + inf) is 0)
+        return v.exp_().add_(1.0).reciprocal_()
     v = v.clamp(max=_EXP_MAX) if hasattr(v, "clamp") else xp.minimum(v, _EXP_MAX)
     return 1.0 / (1.0 + xp.exp(v))
 
