@@ -196,6 +196,9 @@ def _run(args) -> int:
     config = load_config(args.config, overrides)
     result = run_experiment(config, source=args.config, data_root=args.data_root, out=args.out,
                             progress=False if args.no_progress else None, resume=args.resume)
+    from pcsim.parallel import is_main_process
+    if not is_main_process():  # the summary is said once, by rank 0
+        return 0
     if result.metrics:
         from pcsim.experiment import describe
         print(f"{describe(result.metrics[-1])} after "

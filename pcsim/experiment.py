@@ -300,8 +300,9 @@ class _Run:
         self.result.metrics.append(record)
         if self.par.is_main:
             self._write_epoch(epoch)
-        loop.bar.write(f"epoch {epoch}: {describe(test)}, "
-                       f"E {record['train_energy_final']:.4g}, {totals.train_time:.1f} s")
+        if self.par.is_main:  # one line per epoch, not one per process
+            loop.bar.write(f"epoch {epoch}: {describe(test)}, "
+                           f"E {record['train_energy_final']:.4g}, {totals.train_time:.1f} s")
         return (counts, record["inference_steps_mean"]) if counting else None
 
     def _record(self, epoch, totals, test, lr, eval_time) -> dict:

@@ -16,7 +16,7 @@ import torch
 
 from pcsim.engines.torch.params import flatten_named, unflatten_named
 
-__all__ = ["Parallel", "from_env"]
+__all__ = ["Parallel", "from_env", "is_main_process"]
 
 
 @dataclass
@@ -71,9 +71,20 @@ class Parallel:
         return box[0]
 
     def close(self) -> None:
+        """Leave the group together: a barrier first, so that no rank tears down its
+        gloo pairs while a peer still has work in flight on them (which aborts the
+        peer), then ``destroy_process_group`` while the interpreter is fully alive."""
         if self.active:
             import torch.distributed as dist
-            dist.destroy_process_group()
+            if dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
+            self.active = False
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of the ``torchrun`` group (or runs alone)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def from_env(device: torch.device, timeout_s: float = 300.0) -> tuple[Parallel, torch.device]:

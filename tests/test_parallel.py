@@ -16,14 +16,22 @@ ARGS = ["--set", "network.layers.1.size=32", "--set", "network.layers.2.size=32"
         "--epochs", "2", "--no-progress"]
 
 
-def test_two_gloo_processes_equal_one_process(mnist_root, tmp_path):
+def test_two_gloo_processes_equal_one_process(mnist_root, tmp_path, capfd):
     """Global batch 50 split over 2 ranks (25 each, interleaved): the all-reduced local
     gradients equal the global batch mean, so after 24 Adam steps the weights agree with
-    a single process to float64 round-off, and so do the metrics and op counts."""
+    a single process to float64 round-off, and so do the metrics and op counts. The two
+    processes say each epoch line and the summary once, and both exit cleanly."""
     common = [*ARGS, "--data-root", str(mnist_root), "--out", str(tmp_path)]
     config = str(REPO / "networks" / "mnist_pc.yaml")
     assert main(["run", config, "--set", "run.name=one", *common]) == 0
+    capfd.readouterr()
     assert main(["run", config, "--nproc", "2", "--set", "run.name=two", *common]) == 0
+    said = capfd.readouterr()
+    lines = said.out.splitlines()
+    assert sum(line.startswith("epoch 1:") for line in lines) == 1, said.out
+    assert sum(line.startswith("epoch 2:") for line in lines) == 1, said.out
+    assert sum("after 2 epochs; run folder" in line for line in lines) == 1, said.out
+    assert "terminate called" not in said.err and "Traceback" not in said.err, said.err
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
     assert list(one["params"]["tensors"]) == list(two["params"]["tensors"]) == [
