@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="data root (overrides data.root and $PCSIM_DATA)")
     run.add_argument("--out", help="folder for run folders (overrides run.out)")
     run.add_argument("--epochs", type=int, help="overrides learning.epochs")
+    run.add_argument("--threads", type=int, help="CPU threads (overrides run.threads)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("--nproc", type=int, metavar="N",
                      help="data-parallel over N processes: launches torchrun --nproc-per-node N")
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("resume", help="continue a run folder from its last checkpoint")
     rs.add_argument("run_dir", help="a run folder written by `pcsim run`")
     rs.add_argument("--data-root", help="data root (overrides the run's data.root)")
+    rs.add_argument("--device", help="cpu, cuda, cuda:N or auto (the run's run.device if not given)")
+    rs.add_argument("--threads", type=int, help="CPU threads (the run's run.threads if not given)")
+    rs.add_argument("--epochs", type=int,
+                    help="train to this many epochs in all: more extends a finished run (its "
+                    "learning-rate schedule is re-planned for the new horizon)")
     rs.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ev = sub.add_parser("eval", help="evaluate a run folder's checkpoint on the test set")
@@ -92,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_overrides(args) -> dict:
+    """The config keys that ``--device``, ``--threads`` and ``--epochs`` set."""
+    flags = {"run.device": args.device, "run.threads": args.threads,
+             "learning.epochs": args.epochs}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
 def _resume(args) -> int:
     from pathlib import Path
 
@@ -101,7 +114,7 @@ def _resume(args) -> int:
     path = Path(args.run_dir) / CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{path}: no resolved config; not a run folder of `pcsim run`")
-    config = load_config(path)
+    config = load_config(path, _run_overrides(args))
     result = run_experiment(config, source=str(path), data_root=args.data_root,
                             progress=False if args.no_progress else None, resume=args.run_dir)
     from pcsim.experiment import describe
@@ -187,12 +200,9 @@ def _run(args) -> int:
     from pcsim.experiment import run_experiment
 
     overrides = dict(parse_override(text) for text in args.set)
-    if args.device:
-        overrides["run.device"] = args.device
     if args.backend:
         overrides["run.backend"] = args.backend
-    if args.epochs is not None:
-        overrides["learning.epochs"] = args.epochs
+    overrides.update(_run_overrides(args))
     config = load_config(args.config, overrides)
     result = run_experiment(config, source=args.config, data_root=args.data_root, out=args.out,
                             progress=False if args.no_progress else None, resume=args.resume)
@@ -332,6 +342,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ValueError, RuntimeError, MemoryError) as exc:
         print(f"pcsim {args.command}: error: {exc}", file=sys.stderr)  # bad input: exit 2
         return 2
+    except BrokenPipeError:  # `pcsim list | head`: the reader left; say nothing more
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a writer stopped by SIGPIPE (128 + 13)
     except KeyboardInterrupt as exc:
         why = f" by {exc.args[0]}" if exc.args else ""
         print(f"pcsim {args.command}: interrupted{why}; completed epochs and the last "

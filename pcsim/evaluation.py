@@ -12,7 +12,7 @@ __all__ = ["evaluate", "describe"]
 
 @torch.no_grad()
 def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None,
-             target: str = "label") -> dict:
+             target: str = "label", progress=None) -> dict:
     """Test-set metrics of the trained network.
 
     ``target="label"``: the feedforward read-out's accuracy and mean output energy.
@@ -24,7 +24,8 @@ def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None,
     current value (per layer, neuron or channel).
 
     With a ``recorder``, the trainer counts the ops of the read-out (in event mode: the
-    events of the sigma-delta feedforward pass)."""
+    events of the sigma-delta feedforward pass). ``progress``, if given, is called with
+    the number of samples of each batch done (a tqdm bar's ``update``)."""
     correct, energy, sq, n = 0, 0.0, 0.0, data.test_x.shape[0]
     top = trainer.network.layers[-1]
     prec = _top_precision(trainer)
@@ -42,6 +43,8 @@ def evaluate(trainer, data: Dataset, batch_size: int = 1000, recorder=None,
             y = y.reshape(y.shape[0], -1)  # a shaped top layer, read flat like the data
             energy += float(layer_energy(ref, y, prec, top.size).sum())
             sq += float(((ref - y) ** 2).sum())
+            if progress is not None:
+                progress(len(idx))
     finally:
         trainer.recorder = None
     if target == "image":

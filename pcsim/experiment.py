@@ -172,13 +172,50 @@ class _Run:
         self.trainer.load_state_dict(ckpt["params"])
         if self.optimizer is not None and ckpt["optimizer"] is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt["scheduler"] is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
         cursor = ResumeCursor.from_dict(ckpt["progress"])
+        saved_epochs = ckpt["config"]["learning"]["epochs"]
+        if saved_epochs != self.config.learning.epochs:
+            self._new_horizon(saved_epochs, cursor)
+        elif self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         self.generator.set_state(cursor.gen_state)
         self.result.metrics = list(ckpt["metrics"] or [])
         self.final_counts = ckpt.get("final_counts")
         return cursor
+
+    def _new_horizon(self, saved_epochs: int, cursor: ResumeCursor) -> None:
+        """Resume under another ``learning.epochs`` (``pcsim resume RUN --epochs N``): at
+        least the completed epochs; the run is no longer complete; a schedule is rebuilt
+        for the new horizon and advanced past the completed epochs, which moves the
+        learning rate of the epochs still to come (said on the console)."""
+        done, epochs = cursor.epoch - 1, self.config.learning.epochs
+        if epochs < max(done, 1):
+            raise ValueError(f"{self.run_dir}: learning.epochs = {epochs}, but {done} epochs "
+                             f"are already done; resume with --epochs {done} or more")
+        self.info["completed"] = False
+        if self.par.is_main:
+            write_run_info(self.run_dir, self.info)
+        say = f"learning.epochs {saved_epochs} -> {epochs}"
+        if self.scheduler is not None:
+            before = [g["lr"] for g in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] = group.get("initial_lr", group["lr"])
+            self.scheduler = make_scheduler(self.config.learning, self.optimizer)
+            for _ in range(done):
+                self.scheduler.step()
+            after = self.optimizer.param_groups[0]["lr"]
+            say += (f": the {self.config.learning.lr_schedule} schedule now ends at epoch "
+                    f"{epochs}; epoch {cursor.epoch} learns at lr {after:.4g} "
+                    f"(it was to use {before[0]:.4g})")
+        if self.par.is_main:
+            print(f"pcsim resume: {say}", flush=True)
+
+    @property
+    def title(self) -> str:
+        """The run's name on its bar and plots: the config it was started from (a resumed
+        run keeps it: its run.json says where it came from, not the folder's config.yaml)."""
+        source = self.info.get("source") or self.source
+        return Path(source).stem if source else ""
 
     def _check_batches(self) -> None:
         n_train, par = self.data.train_x.shape[0], self.par
@@ -213,7 +250,7 @@ class _Run:
         n_batches = math.ceil(self.data.train_x.shape[0] / config.learning.batch_size)
         bar = tqdm(total=config.learning.epochs * n_batches, disable=not self.show or not par.is_main,
                    unit="batch", dynamic_ncols=True,
-                   desc=Path(self.source).stem if self.source else "run",
+                   desc=self.title or "run",
                    initial=(cursor.epoch - 1) * n_batches + cursor.batch)
         loop = TrainLoop(config, self.trainer, self.optimizer, self.data, par, self.device,
                          self.dtype, self.run_dir, bar, self._save)
@@ -260,7 +297,7 @@ class _Run:
             return
         write_json(run_dir / METRICS, self.result.metrics)
         plot_metrics(self.result.metrics, run_dir,
-                     title=Path(self.source).stem if self.source else "")
+                     title=self.title)
         last = self.result.metrics[-1]["epoch"]
         tc = config.traces
         if tc.enabled and last in (tc.epochs or [config.learning.epochs]):
@@ -288,7 +325,13 @@ class _Run:
             self.scheduler.step()
         start = time.perf_counter()
         test_counter = new_counter(config) if counting else None
-        test = evaluate(self.trainer, self.data, recorder=test_counter, target=config.data.target)
+        from tqdm.auto import tqdm
+
+        n_test = self.data.test_x.shape[0]
+        with tqdm(total=n_test, desc="test", unit="sample", leave=False, dynamic_ncols=True,
+                  disable=not self.show or not self.par.is_main) as bar:
+            test = evaluate(self.trainer, self.data, recorder=test_counter,
+                            target=config.data.target, progress=bar.update)
         record = self._record(epoch, totals, test, lr, time.perf_counter() - start)
         counts = None
         if counting:  # kept in the epoch's checkpoint: the completion step prices them
@@ -335,7 +378,7 @@ class _Run:
         self._save(epoch, ResumeCursor(epoch + 1, 0, self.generator.get_state()))
         write_json(run_dir / METRICS, self.result.metrics)
         plot_metrics(self.result.metrics, run_dir,
-                     title=Path(self.source).stem if self.source else "")
+                     title=self.title)
         if config.data.target == "image":
             shown = self.data.test_x[:10]
             plot_reconstructions(shown, self.trainer.reconstruct(shown),

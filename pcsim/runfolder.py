@@ -35,6 +35,9 @@ RUN_INFO = "run.json"
 
 #: sections whose change makes a checkpoint meaningless for resuming
 _RESUME_SECTIONS = ("network", "dynamics", "learning", "data", "events", "hw_profiles")
+#: keys of those sections a resume may change: where the data lives, and the epoch count
+#: (a longer run, its schedule re-planned; see ``_Run._new_horizon``); ``run`` is free
+_RESUME_FREE = {("data", "root"), ("data", "download"), ("learning", "epochs")}
 
 
 def now() -> str:
@@ -200,7 +203,7 @@ def check_resumable(config, saved: dict, path: Path) -> None:
         a, b = current.get(section), saved.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
-                if section == "data" and key in ("root", "download"):
+                if (section, key) in _RESUME_FREE:
                     continue
                 if a.get(key) != b.get(key):
                     changed.append(f"{section}.{key}: checkpoint {b.get(key)!r}, now {a.get(key)!r}")

@@ -195,3 +195,39 @@ def test_version_list_and_the_start_banner(mnist_root, tmp_path, capsys):
     assert f"pcsim {__version__}: {tmp_path / 'b'} starts" in banner
     assert "device cpu, 1 thread(s)" in banner and "100 train, 50 test" in banner
     assert "op_counts.json" in banner
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`pcsim list | head -0`: the reader has left before the first line; pcsim stops
+    without a BrokenPipeError traceback, with the shell's SIGPIPE status 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "pcsim", "list"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc.stdout.close()  # the reader is gone: the first write fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_the_test_pass_has_its_own_progress_bar(mnist_root, tmp_path, capsys):
+    """With progress on, the evaluation after each epoch counts its samples on a bar of
+    its own (2,500 test images in batches of 1,000: 2500/2500 at the end), so a long test
+    pass does not sit behind a training bar frozen at 100%."""
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
+               "--out", str(tmp_path), "--set", "run.name=bar", "--epochs", "1",
+               "--set", "network.layers.1.size=16", "--set", "network.layers.2.size=16",
+               "--set", "data.limit_train=100", "--set", "data.limit_test=2500",
+               "--set", "dynamics.n_steps=2", "--set", "run.device=cpu",
+               "--set", "run.count_ops=false", "--set", "run.progress=true"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "test:   0%|" in err and "0/2500 [" in err, err[-2000:]
+    from pcsim.data import load_dataset
+    from pcsim.evaluation import evaluate
+    from pcsim.experiment import load_run
+    config, trainer, _ = load_run(tmp_path / "bar", "cpu")
+    data = load_dataset("mnist", mnist_root, limit_train=1, limit_test=2500).to(
+        trainer.device, trainer.dtype)
+    done = []
+    evaluate(trainer, data, progress=done.append)
+    assert done == [1000, 1000, 500]

@@ -253,3 +253,52 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(mnist_root, tmp_path):
     assert leftovers == []
     assert main(["resume", str(tmp_path / "s"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "s" / "run.json").read_text())["completed"] is True
+
+
+def test_resume_extends_a_finished_run(mnist_root, tmp_path, capsys):
+    """`pcsim resume RUN --epochs N` with more epochs continues a finished run. Under a
+    constant schedule and without op counting (a counted epoch runs the observed cycle,
+    equal to round-off only), 2 epochs extended to 3 equal a 3-epoch run bitwise
+    (weights, Adam state, the last epoch's metrics). Under cosine, 2 of 2 epochs extended
+    to 4 re-plan the horizon: epoch 3 learns at lr (1 + cos(pi 2/4)) / 2 = lr / 2, as a
+    4-epoch run's third epoch does, and the change is said. Fewer epochs than are done is
+    refused; --threads and --device reach the run's config; the run keeps its name."""
+    config = str(REPO / "networks" / "mnist_pc.yaml")
+    common = [*ARGS, "--data-root", str(mnist_root), "--out", str(tmp_path),
+              "--set", "learning.lr_schedule=constant", "--set", "run.count_ops=false"]
+    assert main(["run", config, "--set", "run.name=three", *common, "--epochs", "3"]) == 0
+    assert main(["run", config, "--set", "run.name=two", *common, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert main(["resume", str(tmp_path / "two"), "--epochs", "1", "--no-progress"]) == 2
+    assert "2 epochs are already done; resume with --epochs 2 or more" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path / "two"), "--epochs", "3", "--threads", "1",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert "learning.epochs 2 -> 3" in capsys.readouterr().out
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    three = torch.load(tmp_path / "three" / "checkpoint.pt", weights_only=True)
+    assert two["epoch"] == three["epoch"] == 3
+    for a, b in zip(two["params"]["tensors"].values(), three["params"]["tensors"].values()):
+        assert_close(a, b, atol=0)
+    for sa, sb in zip(two["optimizer"]["state"].values(), three["optimizer"]["state"].values()):
+        assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], atol=0)
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    m3 = json.loads((tmp_path / "three" / "metrics.json").read_text())
+    assert len(m2) == 3 and _strip(m2[-1:]) == _strip(m3[-1:])
+    info = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert info["completed"] and info["source"] == config
+    assert "threads: 1" in (tmp_path / "two" / "config.yaml").read_text()
+
+    cos = [*ARGS, "--data-root", str(mnist_root), "--out", str(tmp_path),
+           "--set", "learning.lr_schedule=cosine", "--set", "data.limit_train=200"]
+    assert main(["run", config, "--set", "run.name=c2", *cos, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert main(["resume", str(tmp_path / "c2"), "--epochs", "4", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "cosine schedule now ends at epoch 4; epoch 3 learns at lr 0.0005" in said
+    lrs = [m["lr"] for m in json.loads((tmp_path / "c2" / "metrics.json").read_text())]
+    assert lrs[:2] == [pytest.approx(1e-3), pytest.approx(0.5e-3)]  # the 2-epoch plan
+    assert lrs[2:] == [pytest.approx(0.5e-3), pytest.approx(0.5e-3 * (1 - 2 ** -0.5))]
+    counted = json.loads((tmp_path / "c2" / "metrics.json").read_text())
+    assert "ops_per_train_sample" in counted[1] and "ops_per_train_sample" in counted[3]
+    report = json.loads((tmp_path / "c2" / "energy_report.json").read_text())
+    assert report and json.loads((tmp_path / "c2" / "run.json").read_text())["completed"]
