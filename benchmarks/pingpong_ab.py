@@ -86,26 +86,42 @@ def window(proc, k) -> float:
     return float(proc.stdout.readline())
 
 
-def measure_case(trees, case, kind_name, threads, cores, pairs, batches) -> dict:
+def measure_case(trees, case, kind_name, threads, cores, pairs, batches, starts=1) -> dict:
+    """``pairs`` windows of each side, split over ``starts`` fresh pairs of workers.
+
+    A worker's speed also depends on the process (where its buffers land: the same code
+    in two processes differed by up to 5% here, steadily within each process), so a
+    case is measured over several starts, the sides starting first in turn, and the
+    ratio is the median over all pairs of windows. ``ratio_by_start`` keeps each
+    start's median, which shows that spread."""
     kind, compile = KINDS[kind_name]
-    procs = {}
-    try:
-        for side in ("ref", "new"):  # one at a time: compiling does not overlap
-            procs[side] = start(trees[side][1], case, kind, compile, threads, cores)
-            ready(procs[side], side)
-        rates = {"ref": [], "new": []}
-        for p in range(pairs):
-            order = ("ref", "new") if p % 2 == 0 else ("new", "ref")
-            for side in order:
-                rates[side].append(window(procs[side], batches))
-    finally:
-        for proc in procs.values():
-            proc.kill()
-            proc.wait()
+    rates = {"ref": [], "new": []}
+    by_start = []
+    per = max(1, pairs // starts)
+    for run in range(starts):
+        procs = {}
+        first = ("ref", "new") if run % 2 == 0 else ("new", "ref")
+        try:
+            for side in first:  # one at a time: compiling does not overlap
+                procs[side] = start(trees[side][1], case, kind, compile, threads, cores)
+                ready(procs[side], side)
+            mine = {"ref": [], "new": []}
+            for p in range(per):
+                order = ("ref", "new") if p % 2 == 0 else ("new", "ref")
+                for side in order:
+                    mine[side].append(window(procs[side], batches))
+        finally:
+            for proc in procs.values():
+                proc.kill()
+                proc.wait()
+        by_start.append(statistics.median(n / r for n, r in zip(mine["new"], mine["ref"])))
+        for side in rates:
+            rates[side].extend(mine[side])
     ratios = sorted(n / r for n, r in zip(rates["new"], rates["ref"]))
     q = statistics.quantiles(ratios, n=4)
     return {"case": case, "kind": kind_name, "threads": threads, "rates": rates,
             "ratio_median": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2],
+            "ratio_by_start": by_start,
             "ref_median": statistics.median(rates["ref"]),
             "new_median": statistics.median(rates["new"])}
 
@@ -133,6 +149,8 @@ def main(argv=None) -> int:
                     choices=sorted(KINDS))
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--starts", type=int, default=1,
+                    help="fresh worker pairs per case, the pairs split over them (default 1)")
     ap.add_argument("--worktrees", default=os.path.join(tempfile.gettempdir(), "pcsim_ab"))
     ap.add_argument("--out", default="results/speed_ab")
     args = ap.parse_args(argv)
@@ -146,11 +164,12 @@ def main(argv=None) -> int:
         for case in args.cases:
             for kind_name in args.kinds:
                 row = measure_case(trees, case, kind_name, threads, cores, args.pairs,
-                                   BATCHES[case] * (1 if kind_name == "pc compiled" else 1))
+                                   BATCHES[case], args.starts)
                 rows.append(row)
                 print(f"{case} {threads}t {kind_name}: new/ref {row['ratio_median']:.3f} "
                       f"(IQR {row['ratio_q1']:.3f}-{row['ratio_q3']:.3f}); ref "
-                      f"{row['ref_median']:,.0f}, new {row['new_median']:,.0f} samples/s",
+                      f"{row['ref_median']:,.0f}, new {row['new_median']:,.0f} samples/s; "
+                      f"by start {', '.join(f'{v:.3f}' for v in row['ratio_by_start'])}",
                       flush=True)
     text = table(rows)
     out = Path(args.out)

@@ -140,8 +140,21 @@ def _list(args) -> int:
     return 0
 
 
+def _read_json(path, kind, what):
+    """A JSON file's content of type ``kind``, or a ``ValueError`` naming the file."""
+    import json
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, kind):
+        raise ValueError(f"{path}: expected {what}, found {type(data).__name__}")
+    return data
+
+
 def _energy(args) -> int:
     import json
+    import math
     from pathlib import Path
 
     from pcsim.energy import available_profiles
@@ -157,17 +170,29 @@ def _energy(args) -> int:
         raise FileNotFoundError(f"{path}: no op counts (the run was made with run.count_ops "
                                 "false, by a pcsim without op counting, or did not finish an "
                                 "epoch)")
-    counts = {work: OpCounts.from_json(data) for work, data in json.loads(path.read_text()).items()}
+    stored = _read_json(path, dict, "the op counts by work (train, test)")
+    counts = {work: OpCounts.from_json(data, f"{path}: {work!r}") for work, data in stored.items()}
     saved_path = run_dir / "energy_report.json"
-    saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
-    names = args.profile or list(saved.get("profiles", ())) or available_profiles(args.profiles_dir)
+    saved = _read_json(saved_path, dict, "the energy report") if saved_path.exists() else {}
+    profiles = saved.get("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(p, str) for p in profiles):
+        raise ValueError(f"{saved_path}: profiles: expected the report per profile name")
+    names = args.profile or list(profiles) or available_profiles(args.profiles_dir)
     times = saved.get("simulated_time_per_sample_s")
+    if times is not None and not (isinstance(times, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v >= 0 for v in times.values())):
+        raise ValueError(f"{saved_path}: simulated_time_per_sample_s: expected seconds (>= 0) "
+                         f"per work, found {str(times)[:80]}")
     if times is None:  # a report of an older pcsim: from the run's config and metrics
         from pcsim.config import load_config
         from pcsim.experiment import time_per_sample
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        steps = next((m["inference_steps_mean"] for m in reversed(metrics)
-                      if "ops_per_train_sample" in m), None)
+        metrics = _read_json(run_dir / "metrics.json", list, "a list of epoch records")
+        steps = next((m.get("inference_steps_mean") for m in reversed(metrics)
+                      if isinstance(m, dict) and "ops_per_train_sample" in m), None)
+        if steps is not None and not isinstance(steps, (int, float)):
+            raise ValueError(f"{run_dir / 'metrics.json'}: inference_steps_mean: expected a "
+                             f"number, found {str(steps)[:80]}")
         times = time_per_sample(load_config(run_dir / "config.yaml"), steps)
     report = build_energy_report(counts, names, args.profiles_dir, times)
     print(json.dumps(report, indent=2) if args.json else format_energy_table(report))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -23,11 +24,11 @@ from pcsim.monitors import OpCounts
 from pcsim.monitors.traces import record_traces, traced_populations, traces_hold_epoch
 from pcsim.parallel import from_env
 from pcsim.runfolder import (CHECKPOINT, CONFIG, ENERGY_REPORT, METRICS, OP_COUNTS, RUN_INFO,
-                             ResumeCursor, check_out, check_resumable, load_resume_checkpoint,
-                             lock_run_dir, remove_stale_temporaries, time_per_sample,
-                             write_energy_report,
-                             machine_info, make_run_dir, now, read_checkpoint,
-                             save_checkpoint, start_run_info, write_config, write_run_info)
+                             ResumeCursor, check_checkpoint, check_out, check_resumable,
+                             load_resume_checkpoint, lock_run_dir, machine_info, make_run_dir,
+                             now, read_checkpoint, remove_stale_temporaries, restoring,
+                             save_checkpoint, start_run_info, time_per_sample, write_config,
+                             write_energy_report, write_run_info)
 from pcsim.runio import write_json
 from pcsim.training import (TrainLoop, build_trainer, check_memory, check_trainer,
                             counting_enabled,
@@ -169,17 +170,23 @@ class _Run:
             if par.is_main:  # the start is a checkpoint too: a run that dies at once resumes
                 self._save(0, cursor)
             return cursor
-        self.trainer.load_state_dict(ckpt["params"])
-        if self.optimizer is not None and ckpt["optimizer"] is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        cursor = ResumeCursor.from_dict(ckpt["progress"])
+        path = self.run_dir / CHECKPOINT
+        with restoring(path, "parameters"):
+            self.trainer.load_state_dict(ckpt["params"])
+        if self.optimizer is not None and ckpt.get("optimizer") is not None:
+            with restoring(path, "optimizer state"):
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+                _check_optimizer_state(self.optimizer, path)
+        cursor = ResumeCursor.from_dict(ckpt["progress"], path)
         saved_epochs = ckpt["config"]["learning"]["epochs"]
         if saved_epochs != self.config.learning.epochs:
             self._new_horizon(saved_epochs, cursor)
-        elif self.scheduler is not None and ckpt["scheduler"] is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.generator.set_state(cursor.gen_state)
-        self.result.metrics = list(ckpt["metrics"] or [])
+        elif self.scheduler is not None and ckpt.get("scheduler") is not None:
+            with restoring(path, "learning-rate schedule"):
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+        with restoring(path, "data order (progress.gen_state)"):
+            self.generator.set_state(cursor.gen_state)
+        self.result.metrics = list(ckpt.get("metrics") or [])
         self.final_counts = ckpt.get("final_counts")
         return cursor
 
@@ -201,8 +208,10 @@ class _Run:
             for group in self.optimizer.param_groups:
                 group["lr"] = group.get("initial_lr", group["lr"])
             self.scheduler = make_scheduler(self.config.learning, self.optimizer)
-            for _ in range(done):
-                self.scheduler.step()
+            with warnings.catch_warnings():  # replaying the epochs done, not skipping a step
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                for _ in range(done):
+                    self.scheduler.step()
             after = self.optimizer.param_groups[0]["lr"]
             say += (f": the {self.config.learning.lr_schedule} schedule now ends at epoch "
                     f"{epochs}; epoch {cursor.epoch} learns at lr {after:.4g} "
@@ -306,7 +315,9 @@ class _Run:
                 record_traces(self.trainer, self.data, config, path, last,
                               append=path.exists())
         if self.final_counts is not None:
-            counts = {work: OpCounts.from_json(c) for work, c in self.final_counts["counts"].items()}
+            where = f"{run_dir / CHECKPOINT}: final_counts"
+            counts = {work: OpCounts.from_json(c, f"{where}.{work}")
+                      for work, c in self.final_counts["counts"].items()}
             write_energy_report(run_dir, counts, config,
                                 inference_steps=self.final_counts["steps"])
         self.info["finished"] = now()
@@ -396,6 +407,20 @@ class _Run:
                           append=trace_path.exists())
 
 
+def _check_optimizer_state(optimizer, path) -> None:
+    """After ``load_state_dict``, which takes any values: every state tensor of a
+    parameter has its shape (``step`` a scalar), so a damaged checkpoint is named here
+    and not by a shape error in the first learning step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                scalar = key == "step"
+                if not isinstance(value, torch.Tensor) or not value.is_floating_point() or (
+                        value.shape != (() if scalar else p.shape)):
+                    raise ValueError(f"optimizer state {key!r} of a parameter of shape "
+                                     f"{tuple(p.shape)} is {value!r:.60}")
+
+
 def load_run(run_dir: str | Path, device: Optional[str] = None):
     """Load a run folder's config and checkpoint; return ``(config, trainer, checkpoint)``."""
     run_dir = Path(run_dir)
@@ -404,14 +429,12 @@ def load_run(run_dir: str | Path, device: Optional[str] = None):
         raise FileNotFoundError(f"{ckpt_path}: no checkpoint (expected a run folder written "
                                 "by `pcsim run`, or its checkpoint.pt)")
     checkpoint = read_checkpoint(ckpt_path)
-    missing = [k for k in ("config", "params", "epoch") if not isinstance(checkpoint, dict)
-               or k not in checkpoint]
-    if missing:
-        raise ValueError(f"{ckpt_path}: not a pcsim checkpoint (missing {missing})")
+    check_checkpoint(checkpoint, ckpt_path)
     config = config_from_dict(checkpoint["config"], str(ckpt_path))
     if device:
         config = config.model_copy(update={"run": config.run.model_copy(update={"device": device})})
     network = Network.from_config(config.network)
     trainer = build_trainer(config, network, resolve_device(run_device_name(config)))
-    trainer.load_state_dict(checkpoint["params"])
+    with restoring(ckpt_path, "parameters"):
+        trainer.load_state_dict(checkpoint["params"])
     return config, trainer, checkpoint

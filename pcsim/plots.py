@@ -176,16 +176,26 @@ def plot_traces(trace_path: str | Path, folder: str | Path, trial: int = 0,
     with ``(C, H, W)`` layers, ``trial<k>_maps.png`` (their feature maps as images)."""
     import numpy as np
 
-    from pcsim.monitors.hdf5 import TraceError, open_trace
+    from pcsim.monitors.hdf5 import TraceError, check_trace, open_trace
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     with open_trace(trace_path) as f:
+        head = check_trace(f, trace_path)
         trials = f["pcsim/trials"][:]
+        if not trials.shape[0]:
+            raise TraceError(f"{trace_path}: the file holds no trials; nothing to plot")
         if not 0 <= trial < len(trials):
-            raise TraceError(f"{trace_path}: trial {trial} out of range (0..{len(trials) - 1})")
-        n_frames = int(f.attrs["n_steps"]) // int(f.attrs["every"]) + 1
-        frame_ms = float(f.attrs["dt_ms"]) * int(f.attrs["every"])
+            raise TraceError(f"{trace_path}: --trial {trial} is out of range "
+                             f"(0..{len(trials) - 1})")
+        if not f.get("report", {}):
+            raise TraceError(f"{trace_path}: no /report populations; nothing to plot")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TraceError(f"{folder}: cannot make the folder for the figures (--plot): "
+                             f"{exc.strerror or exc}") from None
+        n_frames = head["n_frames"]
+        frame_ms = head["dt_ms"] * head["every"]
         t = np.arange(n_frames) * frame_ms
         rows = slice(trial * n_frames, (trial + 1) * n_frames)
         info = trials[trial]

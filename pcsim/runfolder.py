@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import re
 import platform
+import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -68,9 +70,155 @@ class ResumeCursor:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, record: dict) -> "ResumeCursor":
+    def from_dict(cls, record: dict, path="checkpoint") -> "ResumeCursor":
+        """The cursor of a checkpoint's ``progress`` record, each field checked (a
+        :class:`CheckpointError` naming ``path`` and the field otherwise)."""
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path}: damaged checkpoint: progress: expected a dict, "
+                                  f"found {_short(record)}")
+        kinds = {"epoch": (int, 1), "batch": (int, 0), "e0": (float, None),
+                 "e1": (float, None), "steps": (int, 0), "train_time": (float, 0.0)}
+        for key, (kind, low) in kinds.items():
+            value = record.get(key, getattr(cls, key))
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if (not number or (kind is int and not isinstance(value, int))
+                    or not math.isfinite(value) or (low is not None and value < low)):
+                raise CheckpointError(f"{path}: damaged checkpoint: progress.{key}: expected "
+                                      f"{'an integer' if kind is int else 'a finite number'}"
+                                      f"{f' >= {low}' if low is not None else ''}, found "
+                                      f"{_short(value)}")
+        state = record.get("gen_state")
+        if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.ndim == 1):
+            raise CheckpointError(f"{path}: damaged checkpoint: progress.gen_state: expected the "
+                                  f"data order generator's state (a uint8 tensor), found "
+                                  f"{_short(state)}")
+        if record.get("counter") is not None and not isinstance(record["counter"], dict):
+            raise CheckpointError(f"{path}: damaged checkpoint: progress.counter: expected a "
+                                  f"dict or None, found {_short(record['counter'])}")
         keys = cls.__dataclass_fields__
         return cls(**{k: v for k, v in record.items() if k in keys})
+
+
+#: what every metrics record holds and the plots draw (with test_accuracy or test_mse)
+_PLOTTED = ("train_energy_initial", "train_energy_final", "test_energy")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that loads but does not hold what pcsim writes; names file and key."""
+
+
+def _short(value) -> str:
+    """What was found, briefly: a tensor's dtype and shape, else a clipped repr."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def check_checkpoint(ckpt, path, resume: bool = False) -> None:
+    """Refuse a checkpoint whose structure is not what :func:`save_checkpoint` writes:
+    the config, the parameters by name and the epoch; for ``resume`` also the progress,
+    optimizer and schedule states, the metrics and the counted epoch's op counts. One
+    :class:`CheckpointError` names the file and the first key that is wrong."""
+    def bad(key, expected, found):
+        raise CheckpointError(f"{path}: damaged checkpoint: {key}: expected {expected}, found "
+                              f"{_short(found)}")
+
+    if not isinstance(ckpt, dict):
+        bad("the top level", "a dict of config, params, epoch, ...", ckpt)
+    need = ("config", "params", "epoch") + (("progress",) if resume else ())
+    missing = [key for key in need if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a pcsim checkpoint (missing {missing})")
+    if not isinstance(ckpt["config"], dict):
+        bad("config", "the resolved config as a dict", ckpt["config"])
+    params = ckpt["params"]
+    if not isinstance(params, dict):
+        bad("params", "a dict with the tensors by name", params)
+    tensors = params.get("tensors") if "tensors" in params else None
+    if tensors is not None or "W" not in params:
+        if not isinstance(tensors, dict) or not tensors:
+            bad("params.tensors", "the parameter tensors by name", tensors)
+        for name, t in tensors.items():
+            if not isinstance(name, str) or not isinstance(t, torch.Tensor) \
+                    or not t.is_floating_point():
+                bad(f"params.tensors[{name!r}]", "a floating-point tensor", t)
+    else:  # the early {"W": [...], "b": [...]} form
+        for key in ("W", "b"):
+            value = params.get(key)
+            if not isinstance(value, list) or not all(isinstance(t, torch.Tensor) for t in value):
+                bad(f"params.{key}", "a list of tensors", value)
+    epoch = ckpt["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        bad("epoch", "the completed epochs, an integer >= 0", epoch)
+    if not resume:
+        return
+    ResumeCursor.from_dict(ckpt["progress"], path)
+    for key in ("optimizer", "scheduler", "final_counts"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            bad(key, "a dict or None", ckpt[key])
+    optimizer = ckpt.get("optimizer")
+    if optimizer is not None and not (isinstance(optimizer.get("state"), dict)
+                                      and isinstance(optimizer.get("param_groups"), list)):
+        bad("optimizer", "torch's optimizer state (state, param_groups)", optimizer)
+    metrics = ckpt.get("metrics") or []
+    done = ckpt["progress"].get("epoch", 1) - 1
+    if not isinstance(metrics, list) or len(metrics) != done:
+        bad("metrics", f"a list of the {done} completed epochs' records", metrics)
+    for k, record in enumerate(metrics):
+        if not isinstance(record, dict) or record.get("epoch") != k + 1:
+            bad(f"metrics[{k}]", f"the record of epoch {k + 1}", record)
+        odd = _not_plain(record)
+        if odd:
+            bad(f"metrics[{k}].{odd[0]}", "a finite number, text or a record of them", odd[1])
+        target = "test_accuracy" if "test_accuracy" in record else "test_mse"
+        for key in (*_PLOTTED, target):
+            value = record.get(key)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)):
+                bad(f"metrics[{k}].{key}", "a finite number", value)
+    counts = ckpt.get("final_counts")
+    if counts is not None and not (isinstance(counts.get("counts"), dict)
+                                   and isinstance(counts.get("steps"), (int, float))):
+        bad("final_counts", "the counted epoch's op counts and mean steps", counts)
+
+
+def _not_plain(value, where=""):
+    """The first ``(key path, value)`` in a JSON-like record that is not a finite number,
+    text, None or a list or dict of them; None when all are."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return (f"{where}{key!r}", key)
+            found = _not_plain(item, f"{where}{key}.")
+            if found:
+                return found
+        return None
+    if isinstance(value, list):
+        for k, item in enumerate(value):
+            found = _not_plain(item, f"{where}{k}.")
+            if found:
+                return found
+        return None
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float) and math.isfinite(value):
+        return None
+    return (where.rstrip(".") or "value", value)
+
+
+@contextlib.contextmanager
+def restoring(path, what: str):
+    """Turn a failure to restore ``what`` from a checkpoint that passed
+    :func:`check_checkpoint` (a state dict that torch or pcsim cannot apply) into one
+    :class:`CheckpointError` naming the file."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint: its {what} cannot be restored "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def machine_info(device: torch.device) -> dict:
@@ -273,6 +421,9 @@ def load_resume_checkpoint(run_dir: Path, config) -> Optional[dict]:
     if not path.exists():
         return None
     ckpt = read_checkpoint(path)
+    check_checkpoint(ckpt, path, resume=True)
+    from pcsim.config import config_from_dict
+    config_from_dict(ckpt["config"], str(path))  # a damaged config is named, not compared
     check_resumable(config, ckpt["config"], path)
     if ckpt.get("progress") is None:
         raise ValueError(f"{path}: written by a pcsim without resume information; start a "

@@ -41,5 +41,9 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data) -> None:
     """Atomically write ``data`` as indented JSON (non-finite floats as null would hide NaN,
-    so they are refused)."""
-    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    so they are refused, naming the file)."""
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not written: {exc}") from None
+    write_text(path, text + "\n")

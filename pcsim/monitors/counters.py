@@ -133,6 +133,32 @@ class OpCounts:
                     self.cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3]))]}
 
     @classmethod
-    def from_json(cls, data: dict) -> "OpCounts":
-        cells = {(p, int(s), t, k): int(v) for p, s, t, k, v in data["cells"]}
-        return cls(cells, int(data["n_samples"]), data.get("mode", "dense"))
+    def from_json(cls, data: dict, where: str = "op counts") -> "OpCounts":
+        """The counts :meth:`to_json` wrote, each part checked: a ``ValueError`` naming
+        ``where`` and what is wrong otherwise (a damaged ``op_counts.json``)."""
+        def bad(what, found):
+            text = repr(found)
+            return ValueError(f"{where}: expected {what}, found {text[:80]}"
+                              f"{'...' if len(text) > 80 else ''}")
+
+        def count(v):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        if not isinstance(data, dict):
+            raise bad("a record with cells, n_samples and mode", data)
+        if not count(data.get("n_samples")):
+            raise bad("n_samples, an integer >= 0", data.get("n_samples"))
+        mode = data.get("mode", "dense")
+        if mode not in ("dense", "event"):
+            raise bad("mode 'dense' or 'event'", mode)
+        if not isinstance(data.get("cells"), list):
+            raise bad("cells, a list of [phase, step, target, kind, count]", data.get("cells"))
+        cells = {}
+        for cell in data["cells"]:
+            if not (isinstance(cell, list) and len(cell) == 5 and count(cell[1])
+                    and all(isinstance(v, str) for v in (cell[0], cell[2], cell[3]))
+                    and count(cell[4])):
+                raise bad("each cell as [phase, step >= 0, target, kind, count >= 0]", cell)
+            p, s, t, k, v = cell
+            cells[(p, s, t, k)] = cells.get((p, s, t, k), 0) + v
+        return cls(cells, data["n_samples"], mode)

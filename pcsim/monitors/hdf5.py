@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TraceError", "TraceWriteError", "TraceWriter", "SORTING"]
+__all__ = ["TraceError", "TraceWriteError", "TraceWriter", "SORTING", "check_trace",
+           "summarize_trace"]
 
 #: SONATA's spike sorting enum.
 SORTING = {"none": 0, "by_id": 1, "by_time": 2}
@@ -273,17 +274,121 @@ def open_trace(path):
     return f
 
 
+#: the most a reader of a trace file loads at once: a declared size above it is refused
+#: before reading (a crafted or damaged file may declare terabytes)
+READ_LIMIT_BYTES = 1 << 30
+#: header values beyond these are not a trace pcsim could have written
+_MAX_STEPS, _MAX_TRIALS = 10 ** 7, 10 ** 8
+_TRIAL_FIELDS = ("sample_index", "label", "epoch", "start", "stop")
+
+
+def check_trace(f, path) -> dict:
+    """Check that an open trace file has the layout of SPEC 5 that pcsim's readers use,
+    with consistent sizes, before anything large is read; return its header: ``n_steps``,
+    ``every``, ``dt_ms``, ``n_trials``, ``n_frames`` (frames per trial).
+
+    Raises
+    ------
+    TraceError
+        One line naming the file, the object and what was expected.
+    """
+    h5py = _h5()
+
+    def bad(where, expected):
+        return TraceError(f"{path}: {where}: expected {expected}; not a complete pcsim "
+                          "trace file")
+
+    def number(key, kind, low):
+        value = f.attrs.get(key)
+        if value is None:
+            raise bad(f"root attribute {key!r}", f"{kind.__name__} >= {low} (it is missing)")
+        value = np.asarray(value)
+        if value.shape != () or value.dtype.kind not in "iuf" or not np.isfinite(value):
+            raise bad(f"root attribute {key!r}", f"one finite number, found {value!r}")
+        value = kind(value)
+        if value < low or (kind is int and value != float(np.asarray(f.attrs[key]))):
+            raise bad(f"root attribute {key!r}", f"{kind.__name__} >= {low}, found {value!r}")
+        return value
+
+    n_steps, every, dt_ms = number("n_steps", int, 0), number("every", int, 1), number(
+        "dt_ms", float, 0.0)
+    if n_steps > _MAX_STEPS or every > max(n_steps, 1):
+        raise bad("root attributes n_steps, every",
+                  f"at most {_MAX_STEPS} steps and a frame stride within them, found "
+                  f"{n_steps} and {every}")
+    n_frames = n_steps // every + 1
+    trials = f["pcsim/trials"]
+    names = trials.dtype.names or ()
+    if (not isinstance(trials, h5py.Dataset) or trials.ndim != 1
+            or not set(_TRIAL_FIELDS) <= set(names) or len(trials) > _MAX_TRIALS):
+        raise bad("/pcsim/trials", f"a 1-D table with fields {list(_TRIAL_FIELDS)} and at "
+                  f"most {_MAX_TRIALS} rows, found {trials!r}")
+    n_trials = int(trials.shape[0])
+    rows = n_trials * n_frames
+
+    def dataset(where, ndim, kinds="iuf"):
+        obj = f.get(where)
+        if not isinstance(obj, h5py.Dataset) or obj.ndim != ndim or obj.dtype.kind not in kinds:
+            raise bad(where, f"a {ndim}-D numeric dataset, found {obj!r}")
+        return obj
+
+    def readable(where, shape, itemsize):
+        size = int(np.prod(shape, dtype=object)) * itemsize
+        if size > READ_LIMIT_BYTES:
+            raise bad(where, f"at most {READ_LIMIT_BYTES >> 20} MiB to read, it declares "
+                      f"{size / 2 ** 30:.3g} GiB")
+
+    readable("/pcsim/trials", trials.shape, trials.dtype.itemsize)
+    energy = dataset("pcsim/energy", 2)
+    if energy.shape[0] != rows:
+        raise bad("/pcsim/energy", f"{rows} rows ({n_trials} trials x {n_frames} frames), "
+                  f"found {energy.shape[0]}")
+    readable("/pcsim/energy", (n_frames, energy.shape[1]), energy.dtype.itemsize)
+    report = f.get("report", {})
+    for name in report:
+        data = dataset(f"report/{name}/data", 2)
+        if data.shape[0] != rows:
+            raise bad(f"/report/{name}/data", f"{rows} rows ({n_trials} trials x {n_frames} "
+                      f"frames), found {data.shape[0]}")
+        readable(f"/report/{name}/data", (n_frames, data.shape[1]), data.dtype.itemsize)
+        shape = report[name].attrs.get("shape")
+        if shape is not None:
+            shape = np.asarray(shape)
+            if (shape.ndim != 1 or shape.dtype.kind not in "iu" or (shape < 1).any()
+                    or int(np.prod(shape, dtype=object)) != data.shape[1]):
+                raise bad(f"/report/{name} attribute 'shape'",
+                          f"positive integers whose product is the {data.shape[1]} columns, "
+                          f"found {shape.tolist()}")
+    for name in f.get("spikes", {}):
+        ts = dataset(f"spikes/{name}/timestamps", 1, "f")
+        ids = dataset(f"spikes/{name}/node_ids", 1, "iu")
+        if ts.shape != ids.shape:
+            raise bad(f"/spikes/{name}", f"as many node_ids as timestamps, found "
+                      f"{ids.shape[0]} and {ts.shape[0]}")
+        readable(f"/spikes/{name}", ts.shape, ts.dtype.itemsize + ids.dtype.itemsize)
+    return {"n_steps": n_steps, "every": every, "dt_ms": dt_ms, "n_trials": n_trials,
+            "n_frames": n_frames}
+
+
 def summarize_trace(path) -> dict:
     """Populations, trials, steps and event counts of a trace file."""
     with open_trace(path) as f:
+        head = check_trace(f, path)
         trials = f["pcsim/trials"][:]
-        out = {"path": str(path), "pcsim_version": f.attrs.get("pcsim_version", "?"),
-               "mode": f.attrs.get("mode", "?"), "split": f.attrs.get("split", "?"),
-               "n_trials": int(len(trials)), "n_steps": int(f.attrs["n_steps"]),
-               "dt_ms": float(f.attrs["dt_ms"]), "every": int(f.attrs["every"]),
+        out = {"path": str(path), "pcsim_version": _text(f.attrs.get("pcsim_version", "?")),
+               "mode": _text(f.attrs.get("mode", "?")), "split": _text(f.attrs.get("split", "?")),
+               "n_trials": head["n_trials"], "n_steps": head["n_steps"],
+               "dt_ms": head["dt_ms"], "every": head["every"],
                "epochs": sorted({int(e) for e in trials["epoch"]}),
                "reports": {name: tuple(int(v) for v in f[f"report/{name}/data"].shape)
                            for name in f.get("report", {})},
                "spikes": {name: int(f[f"spikes/{name}/node_ids"].shape[0])
                           for name in f.get("spikes", {})}}
     return out
+
+
+def _text(value) -> str:
+    """An attribute as short text (bytes decoded, anything else printed, 80 characters)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value)[:80]
