@@ -32,7 +32,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = {"pc compiled": ("pc", True), "pc eager": ("pc", False), "bp": ("bp", False)}
+KINDS = {"pc compiled": ("pc", True), "pc eager": ("pc", False), "bp": ("bp", False),
+         "bp compiled": ("bp", True)}
 
 PROBE = ("import os, runpy, sys; tree = os.environ['PCSIM_AB_TREE']; import pcsim; "
          "assert os.path.realpath(pcsim.__file__).startswith(os.path.realpath(tree) + os.sep), "

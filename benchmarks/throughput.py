@@ -75,8 +75,8 @@ def _trainer(kind, network, T, eta_x, device, compile):
     from pcsim.engines.torch.backprop import BackpropTrainer
     from pcsim.engines.torch.engine import TorchEngine
     from pcsim.engines.torch.optim import make_optimizer
-    if kind == "bp":
-        trainer = BackpropTrainer(network, device=device)
+    if kind == "bp":  # compiled like PC when asked (older pcsim's BP has no compile)
+        trainer = BackpropTrainer(network, device=device, **({"compile": True} if compile else {}))
     else:
         tau_x = 10e-3
         dyn = DynamicsConfig(tau_x=tau_x, dt=eta_x * tau_x, n_steps=T)
@@ -247,7 +247,7 @@ def _external_cmd(python, lib, case, threads, args):
 
 def contenders(args):
     out = [("pcsim PC compiled", "pc", True), ("pcsim PC eager", "pc", False),
-           ("pcsim BP", "bp", False)]
+           ("pcsim BP compiled", "bp", True), ("pcsim BP", "bp", False)]
     if args.pcx_python:
         out.append(("PCX", "pcx", None))
     if args.fabricpc_python:
@@ -435,7 +435,7 @@ def flops_per_sample(contender, case):
     from pcsim.model.costs import bp_train_cost, pc_train_cost
     c = CASES[case]
     net = _network(c["widths"])
-    if contender == "pcsim BP":
+    if contender.startswith("pcsim BP"):
         flops = bp_train_cost(net).flops
         return flops, flops
     flops = pc_train_cost(net, c["T"]).flops

@@ -352,6 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pcsim.config import ConfigError
     from pcsim.energy import ProfileError
     from pcsim.monitors.hdf5 import TraceError, TraceWriteError
+    from pcsim.runio import WriteError
     from pcsim.units import UnitError
 
     _stop_on_termination()
@@ -360,7 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return {"list": _list, "run": _run, "eval": _eval, "energy": _energy, "resume": _resume,
                 "traces": _traces, "online": _online}[args.command](args)
-    except (FloatingPointError, TraceWriteError) as exc:  # failed while running: exit 1
+    except (FloatingPointError, TraceWriteError, WriteError) as exc:  # failed running: exit 1
         print(f"pcsim {args.command}: failed: {exc}", file=sys.stderr)
         return 1
     except (ConfigError, ProfileError, TraceError, UnitError, FileNotFoundError, FileExistsError,

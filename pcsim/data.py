@@ -3,6 +3,7 @@ and the optional augmentation of training batches."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -158,6 +159,26 @@ def _corrupt_files(cls, root: Path) -> list:
     return bad
 
 
+@contextlib.contextmanager
+def _first_use_lock(folder: Path):
+    """Hold an exclusive lock on a data folder while its files are checked, downloaded
+    and extracted: runs started together on a fresh root take turns, the first extracts
+    and the others find the files made (without it, one run read another's half-written
+    file and failed). A folder where no lock file can be made (read-only, in place) is
+    used without one."""
+    try:
+        import fcntl
+        handle = open(folder / ".pcsim-data.lock", "a+")
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
+
+
 def _open(cls, root: Path, train: bool, download: bool):
     """One split through torchvision. With ``download``, files that are already there and
     verify are used without calling ``download()`` (which would verify CIFAR's md5s a
@@ -244,8 +265,9 @@ def load_dataset(name: str, root: Path, *, download: bool = True, normalize: boo
     try:
         if download:
             tv_root.mkdir(parents=True, exist_ok=True)
-        train = _open(cls, tv_root, True, download)
-        test = _open(cls, tv_root, False, download)
+        with _first_use_lock(tv_root) if download else contextlib.nullcontext():
+            train = _open(cls, tv_root, True, download)
+            test = _open(cls, tv_root, False, download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, EOFError...
         for folder in made:  # a failed load leaves no empty folders behind
             try:

@@ -231,3 +231,62 @@ def test_the_test_pass_has_its_own_progress_bar(mnist_root, tmp_path, capsys):
     done = []
     evaluate(trainer, data, progress=done.append)
     assert done == [1000, 1000, 500]
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "json", "png"])
+def test_a_full_disk_names_the_file_and_keeps_the_last_good_one(mnist_root, tmp_path, capsys,
+                                                               monkeypatch, target):
+    """The disk fills up at the end of epoch 2 (simulated): writing the checkpoint
+    (torch's zip writer fails with its "unexpected pos" RuntimeError, and the folder then
+    has no free blocks), metrics.json or a PNG. The run says "no space left on the
+    device" naming the file, exits 1 (a runtime failure), leaves no temporary file, and
+    epoch 1's checkpoint and metrics still load."""
+    import errno
+    import os
+
+    from pcsim import runfolder, runio
+    common = ["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
+              "--out", str(tmp_path), "--set", "run.name=full", "--epochs", "2", *SMALL,
+              "--set", "data.limit_train=200", "--set", "data.limit_test=100"]
+    epochs_seen = []
+    real_save, real_write, real_statvfs = torch.save, Path.write_text, os.statvfs
+
+    class Full:
+        f_bavail = 0
+
+    def save(obj, path, *args, **kwargs):
+        if target == "checkpoint" and obj.get("epoch") == 2:
+            monkeypatch.setattr(runio.os, "statvfs", lambda folder: Full())
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "1152 vs 1040")
+        return real_save(obj, path, *args, **kwargs)
+
+    def write_text(self, text, *args, **kwargs):
+        if target == "json" and self.suffix == ".json" and '"epoch": 2' in text:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, text, *args, **kwargs)
+
+    def savefig(fig, path, *args, **kwargs):
+        if len(epochs_seen) >= 1 and target == "png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        epochs_seen.append(path)
+        return real_savefig(fig, path, *args, **kwargs)
+
+    import matplotlib.figure
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(runfolder.torch, "save", save)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    if target == "png":
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    assert main(common) == 1
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "Traceback" not in err, err
+    assert err.count("\n") == 1, err
+    named = {"checkpoint": "checkpoint.pt", "json": "metrics.json", "png": ".png"}[target]
+    assert named in err.split("(")[0], err
+    monkeypatch.undo()
+    run_dir = tmp_path / "full"
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != ".pcsim.lock"]
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] >= 1
+    assert json.loads((run_dir / "metrics.json").read_text())[0]["epoch"] == 1

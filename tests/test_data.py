@@ -370,3 +370,51 @@ def test_a_truncated_file_is_reported_as_corrupt_not_as_a_download_error(mnist_r
     with pytest.raises(DataError):
         load_dataset("cifar10", missing, download=True)
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_runs_started_together_on_a_fresh_root_all_load(tmp_path):
+    """A loader waits while another process holds the data folder's lock; and six
+    processes load MNIST at once from a root that holds only the original .gz files
+    (nothing extracted yet): the first to take the lock extracts, the others wait and
+    find the files, so all six load the 10,000 test images (without the lock, runs read
+    each other's half-extracted files and failed)."""
+    import shutil
+    import subprocess
+    import sys
+
+    source = _shared_datasets() / "MNIST" / "raw"
+    if not source.is_dir():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"shared data sets not found at {source.parent.parent}")
+    raw = tmp_path / "root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in source.glob("*.gz"):
+        shutil.copy(gz, raw / gz.name)
+        (raw / gz.name).chmod(0o644)
+    code = ("import sys; from pcsim.data import load_dataset; "
+            "d = load_dataset('mnist', sys.argv[1], download=True, normalize=False); "
+            "print(d.test_x.shape[0], int(d.test_y.sum()))")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "root")], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    import fcntl
+    import time
+    # while another run holds the data folder (here: this test), a loader waits for it
+    with open(tmp_path / "root" / ".pcsim-data.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = start()
+        time.sleep(8)
+        assert waiting.poll() is None, waiting.communicate()
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err[-1500:]
+    for extracted in raw.glob("*-ubyte"):
+        extracted.unlink()  # fresh again for the crowd
+    procs = [start() for _ in range(6)]
+    answers = [p.communicate(timeout=300) for p in procs]
+    expected = f"10000 {sum(k * n for k, n in enumerate(MNIST_TEST_HISTOGRAM))}"
+    for (out, err), p in zip(answers, procs):
+        assert p.returncode == 0 and out.strip() == expected, err[-1500:]

@@ -150,8 +150,9 @@ class RunConfig(_Section):
                                 description="run folder name (no '/'); default: config stem + time")
     progress: bool = True
     threads: Optional[int] = Field(None, gt=0, le=1024, description="torch CPU threads")
-    compile: bool = Field(False, description="torch.compile the engine's fast PC cycle "
-                          "(a one-off compile, then fused steps)")
+    compile: bool = Field(False, description="torch.compile the training step: PC's fast "
+                          "cycle, BP's loss (forward and backward), and for both the "
+                          "optimizer's update (a one-off compile, then fused steps)")
     dist_timeout: float = Field(
         300.0, gt=0, description="seconds a process waits for the others (torchrun) before "
         "it stops with an error")

@@ -147,3 +147,35 @@ def test_parameter_groups_each_keep_their_hyperparameters(kind):
         assert (fused._fast._update is not None) == (batch > 0)
         for p, q in zip(eager.parameters(), fused.parameters()):
             assert_close(q, p, atol=ROUNDOFF, what=f"{kind}, batch {batch}")
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_compiled_backprop_is_eager_backprop(name):
+    """The BP baseline's compiled path (the loss through torch.compile, forward and
+    backward fused by AOTAutograd; the update the compiled GraphUpdate once the
+    optimizer has its state): five batches, the learning rate cut after the third,
+    weights, optimizer state and losses agree with eager autograd + optimizer.step()
+    to float64 round-off, and the cut does not recompile."""
+    from pcsim.engines.torch.backprop import BackpropTrainer
+    torch.manual_seed(0)
+    net = make_network([6, 9, 8, 5], ["identity", "gelu", "tanh", "identity"],
+                       prec=[1.0, 1.0, 1.0, 0.5])
+    eager, fused = (BackpropTrainer(net, dtype=torch.float64, seed=3, compile=c)
+                    for c in (False, True))
+    opts = [OPTIMIZERS[name](t.parameters()) for t in (eager, fused)]
+    for batch in range(5):
+        x0, target = _batch()
+        if batch == 3:
+            for opt in opts:
+                opt.param_groups[0]["lr"] *= 0.3
+        stance = "fail_on_recompile" if batch >= 2 else "default"
+        with torch.compiler.set_stance(stance):
+            a = eager.train_batch(x0, target, opts[0])
+            b = fused.train_batch(x0, target, opts[1])
+        assert (fused._update is not None) == (batch > 0 or name == "sgd"), batch
+        assert_close(b["energy_final"], a["energy_final"], atol=ROUNDOFF)
+        for p, q in zip(eager.parameters(), fused.parameters()):
+            assert_close(q, p, atol=ROUNDOFF, what=f"{name}, batch {batch}")
+    for s, t in zip(_state_tensors(opts[0]), _state_tensors(opts[1]), strict=True):
+        assert_close(t, s, atol=ROUNDOFF, what=f"{name} state")
+    assert eager._compiled_loss is None and fused._compiled_loss is not None

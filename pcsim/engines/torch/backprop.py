@@ -1,5 +1,10 @@
 """The backprop baseline: the same network, weights and data pipeline, trained by
-autograd on the output energy ``0.5 prec_L ||target - f_L(a_L)||^2`` (batch mean)."""
+autograd on the output energy ``0.5 prec_L ||target - f_L(a_L)||^2`` (batch mean).
+
+With ``compile`` (``run.compile``) it gets the compiled path the PC engine has, so that
+PC/BP wall-time ratios compare equal engines: the loss is handed to ``torch.compile``
+(AOTAutograd fuses the forward and the backward graphs) and the optimizer's update is
+the PC engine's :class:`~pcsim.engines.torch.optim.GraphUpdate`, compiled once."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import torch
 from pcsim.engines.base import BatchResult, capabilities
 from pcsim.engines.torch import accounting as acc
 from pcsim.engines.torch.maps import as_layer, build_maps
+from pcsim.engines.torch.optim import GraphUpdate
 from pcsim.engines.torch.params import ParamStore, StoreOwner
 from pcsim.model import equations as eq
 
@@ -25,7 +31,7 @@ class BackpropTrainer(StoreOwner):
     capabilities = capabilities("torch", "bp")
 
     def __init__(self, network, *, device="cpu", dtype=torch.float32, seed=0,
-                 init="xavier_uniform", params=None):
+                 init="xavier_uniform", params=None, compile=False):
         if network.learned_precision:  # a network built without a config is checked here
             raise ValueError("learning.rule 'bp' keeps every precision fixed "
                              "(network.layers.*.precision); learned precision trains with "
@@ -41,6 +47,9 @@ class BackpropTrainer(StoreOwner):
         self.precisions = [None] * (self.L + 1)  # every precision is the layer's fixed one
         self.recorder = None
         self.grad_reducer = None
+        self.compile = compile
+        self._compiled_loss = None
+        self._update = None  # (GraphUpdate, its compiled apply) for one optimizer
 
     @classmethod
     def from_config(cls, config, network=None, device=None):
@@ -49,7 +58,7 @@ class BackpropTrainer(StoreOwner):
         network = network or Network.from_config(config.network)
         return cls(network, device=device or resolve_device(config.run.device),
                    dtype=getattr(torch, config.run.dtype), seed=config.learning.seed,
-                   init=config.network.init)
+                   init=config.network.init, compile=config.run.compile)
 
     def forward(self, x0):
         x = as_layer(torch.as_tensor(x0, device=self.device, dtype=self.dtype),
@@ -98,7 +107,7 @@ class BackpropTrainer(StoreOwner):
 
     def train_batch(self, x0, target, optimizer=None, hooks=()) -> BatchResult:
         """One backprop step; returns the batch-mean output energy before the step."""
-        loss = self.loss(x0, target)
+        loss = self._loss()(x0, target)
         if not bool(torch.isfinite(loss)):  # guard before the learning step touches a weight
             bad = [k for k, t in self.params.items() if not bool(torch.isfinite(t).all())]
             raise FloatingPointError(
@@ -119,6 +128,33 @@ class BackpropTrainer(StoreOwner):
             if bad:
                 raise FloatingPointError(f"backprop gradients of {bad} are not finite "
                                          f"(loss {float(loss)})")
-            optimizer.step()
+            self._step(optimizer)
         loss = loss.detach()
         return BatchResult(loss, loss, 0)
+
+    # ------------------------------------------------------------------ compiled path
+    def _loss(self):
+        """The loss function: compiled once with ``compile`` (forward and backward)."""
+        if not self.compile:
+            return self.loss
+        if self._compiled_loss is None:
+            self._compiled_loss = torch.compile(self.loss, dynamic=False)
+        return self._compiled_loss
+
+    def _step(self, optimizer) -> None:
+        """The optimizer's step on the gradients in ``.grad``: ``optimizer.step()``, or
+        with ``compile`` the compiled :class:`GraphUpdate` of its rule once its state
+        exists (the first step, which creates it, is torch's own)."""
+        if not (self.compile and self.grad_reducer is None and GraphUpdate.supports(optimizer)
+                and GraphUpdate.ready(optimizer)):
+            optimizer.step()
+            return
+        if self._update is None or self._update[0].optimizer is not optimizer:
+            self._update = (GraphUpdate(optimizer, self.parameters()),
+                            torch.compile(GraphUpdate.apply_groups, dynamic=False))
+        update, apply = self._update
+        coef, hyper, state = update.inputs()
+        grads = [t.grad for t in self.parameters()]
+        with torch.no_grad():  # the parameters are leaves that require grad
+            apply(update.kind, update.params, update.index, grads, state, coef, hyper,
+                  torch.ones((), dtype=torch.bool, device=self.device))
