@@ -294,6 +294,9 @@ def _traces(args) -> int:
         print(f"  report {name}: {shape[0]} frames x {shape[1]} neurons")
     for name, n in info["spikes"].items():
         print(f"  spikes {name}: {n} events")
+    if info["ops_per_trial"]:
+        print("  ops per trial (inference, mean): " + ", ".join(
+            f"{kind} {v:,.0f}" for kind, v in info["ops_per_trial"].items()))
     if args.plot:
         from pcsim.plots import plot_traces
         for path in plot_traces(args.file, args.plot, args.trial):

@@ -159,6 +159,9 @@ def _corrupt_files(cls, root: Path) -> list:
     return bad
 
 
+_LOCK = ".pcsim-data.lock"
+
+
 @contextlib.contextmanager
 def _first_use_lock(folder: Path):
     """Hold an exclusive lock on a data folder while its files are checked, downloaded
@@ -168,7 +171,7 @@ def _first_use_lock(folder: Path):
     used without one."""
     try:
         import fcntl
-        handle = open(folder / ".pcsim-data.lock", "a+")
+        handle = open(folder / _LOCK, "a+")
     except (ImportError, OSError):
         yield
         return
@@ -271,6 +274,7 @@ def load_dataset(name: str, root: Path, *, download: bool = True, normalize: boo
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, EOFError...
         for folder in made:  # a failed load leaves no empty folders behind
             try:
+                (folder / _LOCK).unlink(missing_ok=True)
                 folder.rmdir()
             except OSError:
                 break

@@ -9,6 +9,7 @@
 - ``/pcsim/trials`` (sample index, label, epoch, start, stop in ms): each recorded
   sample is a trial laid end to end on one time axis; ``/pcsim/energy`` (time x layer)
   the per-layer energy ``E_l(t)``; ``/pcsim/events_per_step`` (trial x step x population);
+  ``/pcsim/ops_per_step`` (trial x step x op kind of SPEC 4, attribute ``kinds``);
 - root attributes: the resolved config (YAML) and the pcsim version.
 
 Trials are appended batch by batch, so memory holds one batch, not the recording. The
@@ -26,6 +27,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from pcsim.monitors.counters import KINDS
 
 __all__ = ["TraceError", "TraceWriteError", "TraceWriter", "SORTING", "check_trace",
            "summarize_trace"]
@@ -165,6 +168,21 @@ class TraceWriter:
                                maxshape=(None, self.n_steps + 1, n_spk), dtype="i8",
                                chunks=(64, self.n_steps + 1, n_spk))
         eps.attrs["populations"] = self.spike_populations or ["-"]
+        self._ops_dataset(f)
+
+    def _ops_dataset(self, f):
+        """``/pcsim/ops_per_step``: every op kind of SPEC 4 per trial and step (the
+        inference phase, summed over targets); made on first use, also in a file of an
+        older pcsim being appended to, whose earlier trials then read -1 (not recorded)."""
+        if "pcsim/ops_per_step" in f:
+            return f["pcsim/ops_per_step"]
+        n = int(f["pcsim/trials"].shape[0]) if "pcsim/trials" in f else 0
+        ops = f.create_dataset("pcsim/ops_per_step", (n, self.n_steps + 1, len(KINDS)),
+                               maxshape=(None, self.n_steps + 1, len(KINDS)), dtype="i8",
+                               chunks=(64, self.n_steps + 1, len(KINDS)), fillvalue=-1)
+        ops.attrs["kinds"] = list(KINDS)
+        ops.attrs["units"] = "ops per trial and step (inference), SPEC 4"
+        return ops
 
     def _shape(self, name):
         if name in self.shapes:
@@ -178,7 +196,8 @@ class TraceWriter:
         ds.resize(n + values.shape[0], axis=0)
         ds[n:] = values
 
-    def add_trials(self, sample_index, labels, epoch, frames: dict, energy, events: dict) -> None:
+    def add_trials(self, sample_index, labels, epoch, frames: dict, energy, events: dict,
+                   ops=None) -> None:
         """Append a batch of ``B`` trials.
 
         Parameters
@@ -188,15 +207,21 @@ class TraceWriter:
         frames : dict population -> float array (B, n_frames, n)
         energy : float array (B, n_frames, n_layers)
         events : dict population -> (trial b, step, node, value, channel) int/float arrays
+        ops : int array (B, n_steps + 1, len(KINDS)), optional
+            Each trial's op counts per step (-1 where not counted).
         """
         try:
-            self._add(np.asarray(sample_index), np.asarray(labels), epoch, frames, energy, events)
+            self._add(np.asarray(sample_index), np.asarray(labels), epoch, frames, energy, events,
+                      ops)
         except OSError as exc:
             self.abort()
             raise TraceWriteError(self._why(exc)) from None
 
-    def _add(self, sample_index, labels, epoch, frames, energy, events):
+    def _add(self, sample_index, labels, epoch, frames, energy, events, ops):
         f, B = self._file, len(sample_index)
+        if ops is None:
+            ops = np.full((B, self.n_steps + 1, len(KINDS)), -1, dtype="i8")
+        self._append(self._ops_dataset(f), np.asarray(ops, dtype="i8"))
         starts = (self.n_trials + np.arange(B)) * self.trial_ms
         trials = np.zeros(B, dtype=f["pcsim/trials"].dtype)
         trials["sample_index"], trials["label"], trials["epoch"] = sample_index, labels, epoch
@@ -366,6 +391,13 @@ def check_trace(f, path) -> dict:
             raise bad(f"/spikes/{name}", f"as many node_ids as timestamps, found "
                       f"{ids.shape[0]} and {ts.shape[0]}")
         readable(f"/spikes/{name}", ts.shape, ts.dtype.itemsize + ids.dtype.itemsize)
+    if "pcsim/ops_per_step" in f:  # absent in files of older pcsim versions
+        ops = dataset("pcsim/ops_per_step", 3, "iu")
+        kinds = ops.attrs.get("kinds")
+        if ops.shape[:2] != (n_trials, n_steps + 1) or kinds is None or len(kinds) != ops.shape[2]:
+            raise bad("/pcsim/ops_per_step", f"{n_trials} trials x {n_steps + 1} steps x one "
+                      f"column per name in its 'kinds' attribute, found {ops.shape}")
+        readable("/pcsim/ops_per_step", ops.shape, ops.dtype.itemsize)
     return {"n_steps": n_steps, "every": every, "dt_ms": dt_ms, "n_trials": n_trials,
             "n_frames": n_frames}
 
@@ -383,8 +415,23 @@ def summarize_trace(path) -> dict:
                "reports": {name: tuple(int(v) for v in f[f"report/{name}/data"].shape)
                            for name in f.get("report", {})},
                "spikes": {name: int(f[f"spikes/{name}/node_ids"].shape[0])
-                          for name in f.get("spikes", {})}}
+                          for name in f.get("spikes", {})},
+               "ops_per_trial": _ops_per_trial(f)}
     return out
+
+
+def _ops_per_trial(f) -> dict:
+    """Each op kind's mean count per recorded trial (inference, all steps), over the
+    trials that were counted; empty for a file without ``/pcsim/ops_per_step``."""
+    if "pcsim/ops_per_step" not in f:
+        return {}
+    ops = f["pcsim/ops_per_step"][:]
+    kinds = [_text(k) for k in f["pcsim/ops_per_step"].attrs["kinds"]]
+    counted = ops[(ops >= 0).all(axis=(1, 2))]
+    if not len(counted):
+        return {}
+    totals = counted.sum(axis=1).mean(axis=0)
+    return {kind: float(v) for kind, v in zip(kinds, totals) if v}
 
 
 def _text(value) -> str:

@@ -22,6 +22,7 @@ import yaml
 
 from pcsim import __version__
 from pcsim.data import batch_pair
+from pcsim.monitors.counters import KINDS, OpCounter
 from pcsim.monitors.hdf5 import TraceWriter
 
 __all__ = ["traced_populations", "spike_populations", "TraceRecorder", "record_traces",
@@ -141,19 +142,46 @@ def record_traces(trainer, data, config, path: Path, epoch: int, append: bool = 
                                      or (1,)) if p.startswith("variance")
                                  else trainer.network.layers[int(p.split("_l")[1])].shape
                                  for p in pops})
+    # a trial's op counts: in event mode they depend on its own events, so each trial
+    # runs alone; dense counts are the same for every row, the batch's divided by B
+    per_trial = config.events.enabled
+    size = 1 if per_trial else tc.batch_size
     with writer:
-        for start in range(0, len(indices), tc.batch_size):
-            chunk = indices[start:start + tc.batch_size]
+        for start in range(0, len(indices), size):
+            chunk = indices[start:start + size]
             idx = torch.tensor(chunk, device=xs.device)
             labels = ys[idx]
             x0, target = batch_pair(config, data, xs[idx], labels, trainer.dtype)
             rec = TraceRecorder(pops, spikes, len(chunk), writer.n_frames, len(sizes),
                                 variance_of=lambda l: learned[l].variance())
-            trainer.trace(x0, target, tc.every, rec.on_frame,
-                          event_sink=rec.sink if spikes else None)
+            counter, outer = OpCounter(), trainer.recorder
+            counter.mode = "event" if config.events.enabled else "dense"
+            trainer.recorder = counter
+            try:
+                trainer.trace(x0, target, tc.every, rec.on_frame,
+                              event_sink=rec.sink if spikes else None)
+            finally:
+                trainer.recorder = outer
+            if outer is not None:  # a caller counting the recording gets its counts too
+                outer.merge(counter)
             writer.add_trials(np.array(chunk), labels.cpu().numpy(), epoch, rec.frames,
-                              rec.energy, rec.events())
+                              rec.energy, rec.events(),
+                              ops_per_step(counter.result(), len(chunk), config.dynamics.steps))
     return path
+
+
+def ops_per_step(counts, rows: int, n_steps: int) -> np.ndarray:
+    """``(rows, n_steps + 1, len(KINDS))`` int64: each row's inference op counts per
+    step, from the counts of ``rows`` rows that did the same work (one row, or dense
+    execution, whose counts are per row alike)."""
+    table = np.zeros((n_steps + 1, len(KINDS)), dtype=np.int64)
+    column = {kind: k for k, kind in enumerate(KINDS)}
+    for (phase, step, _target, kind), value in counts.cells.items():
+        if phase == "inference" and 0 <= step <= n_steps and kind in column:
+            table[step, column[kind]] += int(value)
+    if table.any() and (table % rows).any():
+        raise ValueError(f"op counts of {rows} rows are not the same per row")
+    return np.repeat((table // rows)[None], rows, axis=0)
 
 
 def traces_hold_epoch(path: Path, epoch: int) -> bool:

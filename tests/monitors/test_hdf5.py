@@ -305,3 +305,41 @@ def test_conv_trace_plots_show_feature_maps(tmp_path):
     assert width > 200 and height > 400  # 3 shaped populations x 2 frames, 3 channels
     flat = record_traces(_engine(_config()), _data(), _config(), tmp_path / "flat.h5", epoch=1)
     assert not any(p.name.endswith("_maps.png") for p in plot_traces(flat, tmp_path / "p2"))
+
+
+@pytest.mark.parametrize("events", [False, True])
+def test_ops_per_step_are_each_trials_counts(tmp_path, events):
+    """`/pcsim/ops_per_step` (SPEC 5) holds every op kind per trial and step: each trial's
+    row equals an independent counting run of that sample's inference alone, step by
+    step and kind by kind (dense and event mode); the rows sum to the counts of the whole
+    recording; `pcsim traces` reports the mean per trial."""
+    from pcsim.cli import main
+    from pcsim.monitors.counters import KINDS
+    config, data = _config(events=events), _data()
+    engine = _engine(config)
+    path = record_traces(engine, data, config, tmp_path / "traces.h5", epoch=1)
+    with h5py.File(path, "r") as f:
+        ops = f["pcsim/ops_per_step"][:]
+        assert [k.decode() if isinstance(k, bytes) else k
+                for k in f["pcsim/ops_per_step"].attrs["kinds"]] == list(KINDS)
+    assert ops.shape == (7, 7, len(KINDS)) and ops.dtype == np.int64
+    rows = []
+    for i in range(7):
+        alone = _engine(config)  # the same seed: the same weights
+        assert all(torch.equal(a, b) for a, b in zip(alone.parameters(), engine.parameters()))
+        alone.recorder = OpCounter()
+        x = data.test_x[i:i + 1]
+        s = alone.init_state(x, data.one_hot(data.test_y[i:i + 1], torch.float64))
+        alone.infer(s)
+        counts = alone.recorder.result()
+        expected = np.zeros((7, len(KINDS)), dtype=np.int64)
+        for (phase, step, _, kind), v in counts.cells.items():
+            if phase == "inference":
+                expected[step, KINDS.index(kind)] += v
+        assert (ops[i] == expected).all(), (i, ops[i] - expected)
+        rows.append(expected)
+    syn = KINDS.index("syn_ops_mac")
+    assert ops[:, :, syn].sum() > 0
+    if events:  # samples send different events: the rows differ
+        assert len({r[:, syn].sum() for r in rows}) > 1
+    assert main(["traces", str(path)]) == 0
