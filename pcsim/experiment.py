@@ -15,7 +15,7 @@ import torch
 from pcsim import __version__
 from pcsim.config import ExperimentConfig, config_from_dict
 from pcsim.data import batch_pair, dataset_info, load_dataset, resolve_data_root
-from pcsim.engines.torch.device import resolve_device
+from pcsim.engines.torch.device import default_threads, resolve_device
 from pcsim.engines.torch.optim import make_optimizer, make_scheduler
 from pcsim.engines.torch.precisions import precision_metrics
 from pcsim.evaluation import describe, evaluate
@@ -82,10 +82,15 @@ def run_experiment(config: ExperimentConfig, *, source: Optional[str] = None,
     RunResult
     """
     threads_before = torch.get_num_threads()
+    threads_why = "run.threads"
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
+    elif resolve_device(run_device_name(config)).type == "cpu":
+        n, threads_why = default_threads()
+        threads_why += "; run.threads unset"
+        torch.set_num_threads(n)
     try:
-        return _Run(config, source, data_root, out, progress, resume).run()
+        return _Run(config, source, data_root, out, progress, resume, threads_why).run()
     finally:
         torch.set_num_threads(threads_before)  # a library call leaves the process as it was
 
@@ -113,8 +118,10 @@ def _train_cost(config: ExperimentConfig, network: Network):
 class _Run:
     """One call of :func:`run_experiment`: set up, loop over epochs, finish."""
 
-    def __init__(self, config, source, data_root, out, progress, resume):
+    def __init__(self, config, source, data_root, out, progress, resume,
+                 threads_why="run.threads"):
         self.source, self.out, self.resume = source, out, resume
+        self.threads_why = threads_why
         self.show = config.run.progress if progress is None else progress
         par, self.device = from_env(resolve_device(run_device_name(config)),
                                     config.run.dist_timeout)
@@ -286,7 +293,8 @@ class _Run:
         if config.traces.enabled:
             writes += f", {config.traces.file}"
         return (f"pcsim {__version__}: {self.run_dir} {start}\n"
-                f"  device {self.device}, {torch.get_num_threads()} thread(s)"
+                f"  device {self.device}, {torch.get_num_threads()} thread(s) "
+                f"({self.threads_why})"
                 f"{', torch.compile (the first batches compile)' if config.run.compile else ''}"
                 f", {self.par.world} process(es)\n"
                 f"  data {config.data.dataset} from {config.data.root}: "

@@ -193,8 +193,34 @@ def test_version_list_and_the_start_banner(mnist_root, tmp_path, capsys):
     out = capsys.readouterr().out
     banner = out[:out.index("epoch 1:")]
     assert f"pcsim {__version__}: {tmp_path / 'b'} starts" in banner
-    assert "device cpu, 1 thread(s)" in banner and "100 train, 50 test" in banner
+    assert "device cpu, 1 thread(s) (run.threads)" in banner and "100 train, 50 test" in banner
     assert "op_counts.json" in banner
+
+
+def test_without_run_threads_a_run_leaves_busy_cores_alone(mnist_root, tmp_path, capsys,
+                                                           monkeypatch):
+    """run.threads unset and one core busy at the start (simulated): the run takes one
+    thread fewer than the cores it may use, at least one, and the banner says why; the
+    caller's thread count is restored afterwards."""
+    import os
+
+    import torch
+
+    from pcsim.engines.torch import device
+    monkeypatch.setattr(device, "busy_cores", lambda: 1.0)
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    rc = main(["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
+               "--out", str(tmp_path), "--set", "run.name=t", "--epochs", "1", "--no-progress",
+               "--set", "data.limit_train=100", "--set", "data.limit_test=50",
+               "--set", "network.layers.1.size=8", "--set", "network.layers.2.size=8",
+               "--set", "dynamics.n_steps=2", "--set", "run.device=cpu"])
+    assert rc == 0
+    banner = capsys.readouterr().out
+    n = max(1, min(before, cores - 1))
+    assert (f"device cpu, {n} thread(s) ({cores} core(s), 1.0 busy at the start; "
+            "run.threads unset)") in banner, banner
+    assert torch.get_num_threads() == before
 
 
 def test_output_into_a_closed_pipe_ends_quietly():
