@@ -268,14 +268,13 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_good_one(mnist_root, tmp_
     device" naming the file, exits 1 (a runtime failure), leaves no temporary file, and
     epoch 1's checkpoint and metrics still load."""
     import errno
-    import os
 
     from pcsim import runfolder, runio
     common = ["run", str(REPO / "networks" / "mnist_pc.yaml"), "--data-root", str(mnist_root),
               "--out", str(tmp_path), "--set", "run.name=full", "--epochs", "2", *SMALL,
               "--set", "data.limit_train=200", "--set", "data.limit_test=100"]
     epochs_seen = []
-    real_save, real_write, real_statvfs = torch.save, Path.write_text, os.statvfs
+    real_save, real_write = torch.save, Path.write_text
 
     class Full:
         f_bavail = 0

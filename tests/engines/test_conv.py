@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from pcsim.config import config_from_dict
-from pcsim.config.schema import EventsConfig
 from pcsim.engines.torch.backprop import BackpropTrainer
 from pcsim.engines.torch.dynamics import free_energy
 from pcsim.engines.torch.engine import TorchEngine
@@ -16,7 +15,7 @@ from pcsim.model import Network
 from pcsim.model.costs import pc_train_cost
 from pcsim.model.projections import Conv2d, ShapeError, conv_out
 from pcsim.monitors import OpCounter
-from tests.conftest import ROUNDOFF, assert_close, make_dynamics
+from tests.conftest import ROUNDOFF, assert_close
 
 F64 = torch.float64
 

@@ -4,7 +4,6 @@ Each reference below is written from the equations of SPEC, in numpy, without pc
 engine: the textbook discrete PC algorithm, a linear solve, and autograd backprop.
 """
 
-import math
 
 import numpy as np
 import pytest

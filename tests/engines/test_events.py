@@ -1,6 +1,5 @@
 """Event-driven (sigma-delta) execution against dense execution, and exact op counts."""
 
-import math
 
 import pytest
 import torch

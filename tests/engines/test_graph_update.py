@@ -40,14 +40,14 @@ def _state_tensors(opt):
             if isinstance(t, torch.Tensor)]
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_update_in_the_graph_is_the_optimizer_step(name):
-    """Five batches, the learning rate changed after the third (as a schedule does):
-    weights and optimizer state agree with optimizer.step() to float64 round-off, and the
-    new learning rate does not recompile the graph."""
-    torch.manual_seed(0)
-    eager, fused = _engines()
-    opts = [OPTIMIZERS[name](e.parameters()) for e in (eager, fused)]
+def _five_batches(name, eager, fused, graph_update):
+    """Train ``eager`` (optimizer.step()) and ``fused`` (the compiled update) on five
+    batches, the learning rate cut after the third, and hold them equal to float64
+    round-off batch by batch (energies, weights; optimizer state at the end). The first
+    step is torch.optim's own, which creates the state (``graph_update()`` is None
+    then, except for stateless SGD); the cut must not recompile. Returns the fused
+    trainer's last batch result."""
+    opts = [OPTIMIZERS[name](t.parameters()) for t in (eager, fused)]
     for batch in range(5):
         x0, target = _batch()
         if batch == 3:
@@ -57,13 +57,23 @@ def test_update_in_the_graph_is_the_optimizer_step(name):
         with torch.compiler.set_stance(stance):
             a = eager.train_batch(x0, target, opts[0])
             b = fused.train_batch(x0, target, opts[1])
-        # the first step is torch.optim's own (it creates the state); then the graph's
-        assert (fused._fast._update is not None) == (batch > 0 or name == "sgd"), batch
+        assert (graph_update() is not None) == (batch > 0 or name == "sgd"), batch
         assert_close(b["energy_final"], a["energy_final"], atol=ROUNDOFF)
         for p, q in zip(eager.parameters(), fused.parameters()):
             assert_close(q, p, atol=ROUNDOFF, what=f"{name}, batch {batch}")
     for s, t in zip(_state_tensors(opts[0]), _state_tensors(opts[1]), strict=True):
         assert_close(t, s, atol=ROUNDOFF, what=f"{name} state")
+    return b
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_update_in_the_graph_is_the_optimizer_step(name):
+    """Five batches, the learning rate changed after the third (as a schedule does):
+    weights and optimizer state agree with optimizer.step() to float64 round-off, and the
+    new learning rate does not recompile the graph."""
+    torch.manual_seed(0)
+    eager, fused = _engines()
+    b = _five_batches(name, eager, fused, lambda: fused._fast._update)
     assert float(b["energy_final"]) < float(b["energy_initial"])
     assert fused._fast._cycle is None  # only the graph with the update was compiled
 
@@ -162,20 +172,5 @@ def test_compiled_backprop_is_eager_backprop(name):
                        prec=[1.0, 1.0, 1.0, 0.5])
     eager, fused = (BackpropTrainer(net, dtype=torch.float64, seed=3, compile=c)
                     for c in (False, True))
-    opts = [OPTIMIZERS[name](t.parameters()) for t in (eager, fused)]
-    for batch in range(5):
-        x0, target = _batch()
-        if batch == 3:
-            for opt in opts:
-                opt.param_groups[0]["lr"] *= 0.3
-        stance = "fail_on_recompile" if batch >= 2 else "default"
-        with torch.compiler.set_stance(stance):
-            a = eager.train_batch(x0, target, opts[0])
-            b = fused.train_batch(x0, target, opts[1])
-        assert (fused._update is not None) == (batch > 0 or name == "sgd"), batch
-        assert_close(b["energy_final"], a["energy_final"], atol=ROUNDOFF)
-        for p, q in zip(eager.parameters(), fused.parameters()):
-            assert_close(q, p, atol=ROUNDOFF, what=f"{name}, batch {batch}")
-    for s, t in zip(_state_tensors(opts[0]), _state_tensors(opts[1]), strict=True):
-        assert_close(t, s, atol=ROUNDOFF, what=f"{name} state")
+    _five_batches(name, eager, fused, lambda: fused._update)
     assert eager._compiled_loss is None and fused._compiled_loss is not None
