@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pcsim.config.base import read_small_text, read_yaml
 from pcsim.config.schema import ExperimentConfig
@@ -19,11 +21,42 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
 
 
+#: what a key with a pattern takes, in words (pydantic would print the regex)
+_PATTERN_WORDS = {"device": "'auto', 'cpu', 'cuda' or 'cuda:N' (N a GPU index)",
+                  "file": "a file name ending in .h5, without a folder"}
+
+
+def _models(annotation) -> list:
+    """The pydantic models an annotation can hold (through Optional, Union, list, dict)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models(arg)]
+
+
+def _keys_at(loc) -> list:
+    """The keys the config knows beside the last part of ``loc`` (list indices and
+    pydantic's union tags skipped)."""
+    models = [ExperimentConfig]
+    for part in loc[:-1]:
+        if isinstance(part, int) or not models:
+            continue
+        found = [m.model_fields[part].annotation for m in models if part in m.model_fields]
+        if found:
+            models = [m for a in found for m in _models(a)]
+    return sorted({k for m in models for k in m.model_fields})
+
+
 def _describe(error: Mapping[str, Any]) -> str:
     loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
     msg = error["msg"]
     if error["type"] == "extra_forbidden":
         msg = "unknown key (not one pcsim knows; check its spelling)"
+        close = difflib.get_close_matches(str(error["loc"][-1]), _keys_at(error["loc"]), n=1)
+        if close:
+            msg = f"unknown key; did you mean {close[0]!r}?"
+    elif error["type"] == "string_pattern_mismatch" and error["loc"] \
+            and error["loc"][-1] in _PATTERN_WORDS:
+        msg = f"expected {_PATTERN_WORDS[error['loc'][-1]]}"
     elif error["type"] == "missing":
         msg = "required key is missing"
     got = ""
@@ -48,7 +81,8 @@ def config_from_dict(data: Any, source: str = "<dict>") -> ExperimentConfig:
         return ExperimentConfig.model_validate(dict(data))
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors()]
-        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines)) from None
+        more = f"\n  ({len(lines) - 1} more)\n  " + "\n  ".join(lines[1:]) if len(lines) > 1 else ""
+        raise ConfigError(f"{source}: invalid configuration: {lines[0]}{more}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

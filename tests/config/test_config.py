@@ -154,3 +154,22 @@ def test_event_mode_settings_load_and_are_checked(tmp_path):
             load_config(path)
 
 
+
+
+@pytest.mark.parametrize("override, first_line", [
+    ({"learning.lrr": 0.1}, "learning.lrr: unknown key; did you mean 'lr'? (got 0.1)"),
+    ({"network.layers.1.sise": 3}, "network.layers.1.sise: unknown key; did you mean 'size'?"),
+    ({"dynamics.tau": 3}, "dynamics.tau: unknown key; did you mean 'tau_x'?"),
+    ({"run.device": "tpu"}, "run.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (N a GPU "
+                            "index) (got 'tpu')"),
+    ({"learning.zzzz": 1}, "learning.zzzz: unknown key (not one pcsim knows; check its "
+                           "spelling)")])
+def test_first_line_names_file_key_and_a_close_match(override, first_line):
+    """The error's first line names the file and the key, with the known key closest to
+    a misspelt one, and says what a patterned key takes in words, not as a regex."""
+    path = REPO / "networks" / "mnist_pc.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path, override)
+    first = str(info.value).splitlines()[0]
+    assert first.startswith(f"{path}: invalid configuration: {first_line}"), first
+    assert "^(" not in str(info.value)
