@@ -42,16 +42,8 @@ assert os.path.realpath(pcsim.__file__).startswith(os.path.realpath(tree) + os.s
 import torch
 threads, case, kind, comp = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 torch.set_num_threads(threads)
-tb = runpy.run_path(sys.argv[5])
-c = tb["CASES"][case]
-network = tb["_network"](c["widths"])
-trainer, opt = tb["_trainer"](kind, network, c["T"], tb["LR_X"], torch.device("cpu"), comp)
-g = torch.Generator().manual_seed(0)
-B, n_in, n_out = c["batch"], c["widths"][0], c["widths"][-1]
-x = torch.rand(B, n_in, generator=g)
-y = torch.nn.functional.one_hot(torch.randint(0, n_out, (B,), generator=g), n_out).float()
-for _ in range(8):
-    trainer.train_batch(x, y, opt)
+trainer, opt, x, y = runpy.run_path(sys.argv[5])["synthetic_case"](kind, case, comp)
+B = x.shape[0]
 print("ready", flush=True)
 for line in sys.stdin:
     k = int(line)

@@ -1,10 +1,10 @@
 """cProfile of pcsim's training step on one of ``throughput.py``'s cases, for comparing
 two commits op for op.
 
-    PYTHONPATH=/tmp/pcsim_ab/<commit> taskset -c 0 python benchmarks/profile_cycle.py pcx_T5
+    PYTHONPATH=<worktrees>/<commit> taskset -c 0 python benchmarks/profile_cycle.py pcx_T5
 
-Run it once per commit's worktree (``pingpong_ab.py`` makes them under
-``/tmp/pcsim_ab``): it prints which pcsim it imported, the best of five timed windows
+Run it once per commit's worktree (``pingpong_ab.py --worktrees DIR`` makes them, by
+default under the system's temporary folder, ``pcsim_ab/<commit>``): it prints which pcsim it imported, the best of five timed windows
 (µs per batch, unprofiled), then the profile of ``--batches`` batches sorted by own time
 (GEMM calls, Inductor kernels and their call counts, the Python and guard work outside
 the compiled graph) and the Python calls per batch.
@@ -37,17 +37,9 @@ def main(argv=None) -> int:
 
     import pcsim
     torch.set_num_threads(args.threads)
-    tb = runpy.run_path(str(HERE / "throughput.py"))
-    c = tb["CASES"][args.case]
-    network = tb["_network"](c["widths"])
-    trainer, opt = tb["_trainer"](args.kind, network, c["T"], tb["LR_X"], torch.device("cpu"),
-                                  not args.eager)
-    g = torch.Generator().manual_seed(0)
-    B, n_in, n_out = c["batch"], c["widths"][0], c["widths"][-1]
-    x = torch.rand(B, n_in, generator=g)
-    y = torch.nn.functional.one_hot(torch.randint(0, n_out, (B,), generator=g), n_out).float()
-    for _ in range(10):  # state, compile, warm-up
-        trainer.train_batch(x, y, opt)
+    trainer, opt, x, y = runpy.run_path(str(HERE / "throughput.py"))["synthetic_case"](
+        args.kind, args.case, not args.eager, warmup=10)
+    B = x.shape[0]
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()

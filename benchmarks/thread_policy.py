@@ -37,16 +37,8 @@ setting, case, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 cores = len(__import__("os").sched_getaffinity(0))
 threads = {"1 thread": 1, "all cores": cores}.get(setting) or default_threads()[0]
 torch.set_num_threads(threads)
-tb = runpy.run_path(sys.argv[4])
-c = tb["CASES"][case]
-network = tb["_network"](c["widths"])
-trainer, opt = tb["_trainer"]("pc", network, c["T"], tb["LR_X"], torch.device("cpu"), True)
-g = torch.Generator().manual_seed(0)
-B, n_in, n_out = c["batch"], c["widths"][0], c["widths"][-1]
-x = torch.rand(B, n_in, generator=g)
-y = torch.nn.functional.one_hot(torch.randint(0, n_out, (B,), generator=g), n_out).float()
-for _ in range(8):
-    trainer.train_batch(x, y, opt)
+trainer, opt, x, y = runpy.run_path(sys.argv[4])["synthetic_case"]("pc", case, True)
+B = x.shape[0]
 n, start = 0, time.perf_counter()
 while time.perf_counter() - start < seconds:
     trainer.train_batch(x, y, opt)

@@ -87,6 +87,24 @@ def _trainer(kind, network, T, eta_x, device, compile):
     return trainer, opt
 
 
+def synthetic_case(kind, case, compile, warmup=8, device="cpu"):
+    """A warm ``(trainer, optimizer, x, y)`` for ``case`` on one fixed random batch
+    (seed 0): what ``pingpong_ab.py``, ``thread_policy.py`` and ``profile_cycle.py``
+    time, each in its own process. ``warmup`` batches first create the optimizer's
+    state and compile."""
+    import torch
+    c = CASES[case]
+    trainer, opt = _trainer(kind, _network(c["widths"]), c["T"], LR_X, torch.device(device),
+                            compile)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(c["batch"], c["widths"][0], generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, c["widths"][-1], (c["batch"],),
+                                                  generator=g), c["widths"][-1]).float()
+    for _ in range(warmup):
+        trainer.train_batch(x, y, opt)
+    return trainer, opt, x, y
+
+
 def worker(args) -> dict:
     """Measure one contender in this process; return its JSON record."""
     import torch
@@ -369,7 +387,6 @@ def equal_work(args):
                 + (["--data-root", args.data_root] if args.data_root else []), threads, timeout=7200)
     ref = None
     if args.pcx_python:
-        c = CASES["pcx_T5"]
         cmd = _external_cmd(args.pcx_python, "pcx", "pcx_T5", threads, args)
         cmd[cmd.index("--epochs") + 1] = str(args.epochs)
         ref = _run(cmd, threads, timeout=7200)

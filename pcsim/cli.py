@@ -154,12 +154,12 @@ def _read_json(path, kind, what):
 
 def _energy(args) -> int:
     import json
-    import math
     from pathlib import Path
 
     from pcsim.energy import available_profiles
     from pcsim.energy.report import build_energy_report, format_energy_table
     from pcsim.monitors import OpCounts
+    from pcsim.runio import finite_number
 
     run_dir = Path(args.run_dir)
     path = run_dir / "op_counts.json"
@@ -180,8 +180,7 @@ def _energy(args) -> int:
     names = args.profile or list(profiles) or available_profiles(args.profiles_dir)
     times = saved.get("simulated_time_per_sample_s")
     if times is not None and not (isinstance(times, dict) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and v >= 0 for v in times.values())):
+            finite_number(v) and v >= 0 for v in times.values())):
         raise ValueError(f"{saved_path}: simulated_time_per_sample_s: expected seconds (>= 0) "
                          f"per work, found {str(times)[:80]}")
     if times is None:  # a report of an older pcsim: from the run's config and metrics

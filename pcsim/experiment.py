@@ -24,11 +24,12 @@ from pcsim.monitors import OpCounts
 from pcsim.monitors.traces import record_traces, traced_populations, traces_hold_epoch
 from pcsim.parallel import from_env
 from pcsim.runfolder import (CHECKPOINT, CONFIG, ENERGY_REPORT, METRICS, OP_COUNTS, RUN_INFO,
-                             ResumeCursor, check_checkpoint, check_out, check_resumable,
-                             load_resume_checkpoint, lock_run_dir, machine_info, make_run_dir,
-                             now, read_checkpoint, remove_stale_temporaries, restoring,
-                             save_checkpoint, start_run_info, time_per_sample, write_config,
-                             write_energy_report, write_run_info)
+                             ResumeCursor, check_checkpoint, check_optimizer_state, check_out,
+                             check_resumable, load_resume_checkpoint, lock_run_dir,
+                             machine_info, make_run_dir, now, read_checkpoint,
+                             remove_stale_temporaries, restoring, save_checkpoint,
+                             start_run_info, time_per_sample, write_config, write_energy_report,
+                             write_run_info)
 from pcsim.runio import write_json
 from pcsim.training import (TrainLoop, build_trainer, check_memory, check_trainer,
                             counting_enabled,
@@ -183,7 +184,7 @@ class _Run:
         if self.optimizer is not None and ckpt.get("optimizer") is not None:
             with restoring(path, "optimizer state"):
                 self.optimizer.load_state_dict(ckpt["optimizer"])
-                _check_optimizer_state(self.optimizer, path)
+                check_optimizer_state(self.optimizer)
         cursor = ResumeCursor.from_dict(ckpt["progress"], path)
         saved_epochs = ckpt["config"]["learning"]["epochs"]
         if saved_epochs != self.config.learning.epochs:
@@ -413,20 +414,6 @@ class _Run:
             trace_path = run_dir / tc.file
             record_traces(self.trainer, self.data, config, trace_path, epoch,
                           append=trace_path.exists())
-
-
-def _check_optimizer_state(optimizer, path) -> None:
-    """After ``load_state_dict``, which takes any values: every state tensor of a
-    parameter has its shape (``step`` a scalar), so a damaged checkpoint is named here
-    and not by a shape error in the first learning step."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                scalar = key == "step"
-                if not isinstance(value, torch.Tensor) or not value.is_floating_point() or (
-                        value.shape != (() if scalar else p.shape)):
-                    raise ValueError(f"optimizer state {key!r} of a parameter of shape "
-                                     f"{tuple(p.shape)} is {value!r:.60}")
 
 
 def load_run(run_dir: str | Path, device: Optional[str] = None):

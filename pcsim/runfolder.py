@@ -4,12 +4,11 @@ and the resume cursor. Owns no math and knows no backend."""
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import math
-import os
-import re
-import platform
 import contextlib
+import json
+import os
+import platform
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +19,7 @@ import yaml
 from pcsim import __version__
 from pcsim.energy import available_profiles
 from pcsim.energy.report import build_energy_report
-from pcsim.runio import atomic_path, write_json, write_text
+from pcsim.runio import atomic_path, finite_number, write_json, write_text
 
 __all__ = ["CHECKPOINT", "OP_COUNTS", "ENERGY_REPORT", "METRICS", "CONFIG", "RUN_INFO",
            "ResumeCursor", "RunFolderError", "check_out", "make_run_dir", "lock_run_dir",
@@ -80,9 +79,8 @@ class ResumeCursor:
                  "e1": (float, None), "steps": (int, 0), "train_time": (float, 0.0)}
         for key, (kind, low) in kinds.items():
             value = record.get(key, getattr(cls, key))
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if (not number or (kind is int and not isinstance(value, int))
-                    or not math.isfinite(value) or (low is not None and value < low)):
+            if (not finite_number(value) or (kind is int and not isinstance(value, int))
+                    or (low is not None and value < low)):
                 raise CheckpointError(f"{path}: damaged checkpoint: progress.{key}: expected "
                                       f"{'an integer' if kind is int else 'a finite number'}"
                                       f"{f' >= {low}' if low is not None else ''}, found "
@@ -173,10 +171,8 @@ def check_checkpoint(ckpt, path, resume: bool = False) -> None:
             bad(f"metrics[{k}].{odd[0]}", "a finite number, text or a record of them", odd[1])
         target = "test_accuracy" if "test_accuracy" in record else "test_mse"
         for key in (*_PLOTTED, target):
-            value = record.get(key)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value)):
-                bad(f"metrics[{k}].{key}", "a finite number", value)
+            if not finite_number(record.get(key)):
+                bad(f"metrics[{k}].{key}", "a finite number", record.get(key))
     counts = ckpt.get("final_counts")
     if counts is not None and not (isinstance(counts.get("counts"), dict)
                                    and isinstance(counts.get("steps"), (int, float))):
@@ -200,11 +196,24 @@ def _not_plain(value, where=""):
             if found:
                 return found
         return None
-    if value is None or isinstance(value, (str, bool, int)):
-        return None
-    if isinstance(value, float) and math.isfinite(value):
+    if value is None or isinstance(value, (str, bool)) or finite_number(value):
         return None
     return (where.rstrip(".") or "value", value)
+
+
+def check_optimizer_state(optimizer) -> None:
+    """After ``optimizer.load_state_dict``, which takes any values: every state tensor
+    of a parameter has its shape (``step`` a scalar), so that a damaged checkpoint is
+    named (run it under :func:`restoring`) and not found by a shape error in the first
+    learning step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                scalar = key == "step"
+                if not isinstance(value, torch.Tensor) or not value.is_floating_point() or (
+                        value.shape != (() if scalar else p.shape)):
+                    raise ValueError(f"optimizer state {key!r} of a parameter of shape "
+                                     f"{tuple(p.shape)} is {value!r:.60}")
 
 
 @contextlib.contextmanager

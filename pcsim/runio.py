@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["WriteError", "atomic_path", "write_text", "write_json"]
+__all__ = ["WriteError", "atomic_path", "write_text", "write_json", "finite_number"]
+
+
+def finite_number(value) -> bool:
+    """Whether a value read back from a run file is a finite int or float (a bool is
+    not a number here)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 class WriteError(RuntimeError):

@@ -145,11 +145,13 @@ class BackpropTrainer(StoreOwner):
         """The optimizer's step on the gradients in ``.grad``: ``optimizer.step()``, or
         with ``compile`` the compiled :class:`GraphUpdate` of its rule once its state
         exists (the first step, which creates it, is torch's own)."""
-        if not (self.compile and self.grad_reducer is None and GraphUpdate.supports(optimizer)
-                and GraphUpdate.ready(optimizer)):
+        if not self.compile or self.grad_reducer is not None:
             optimizer.step()
             return
         if self._update is None or self._update[0].optimizer is not optimizer:
+            if not (GraphUpdate.supports(optimizer) and GraphUpdate.ready(optimizer)):
+                optimizer.step()
+                return
             self._update = (GraphUpdate(optimizer, self.parameters()),
                             torch.compile(GraphUpdate.apply_groups, dynamic=False))
         update, apply = self._update
