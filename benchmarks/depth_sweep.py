@@ -7,7 +7,16 @@
 Tests the claim of arXiv 2508.08762 (and of Pinchetti et al. 2024, Qi et al. 2025) that
 PC accuracy degrades on deep networks while BP does not. Depth ``L`` counts weight layers
 (projections): ``L = 3`` is 784-128-128-10, ``L = 8`` is 784-128x7-10, i.e. ``L - 1``
-hidden layers. Every row is one ``run_experiment`` call in this process on the base
+hidden layers. The base config's layer list is ``[input, fixed..., repeated, output]``:
+the layers between the input and the last hidden layer are kept as they are, and the last
+hidden layer is repeated until the network has ``L`` weight layers. For the MLP base
+(``[784, 128, 128, 10]``) that is ``L - 1`` hidden layers of 128; for a conv base such as
+``networks/cifar10_depth.yaml`` (a stem that changes the shape, then a shape-keeping
+conv layer) it is the stem and ``L - 1 - len(stem)`` copies of the shape-keeping layer:
+
+    taskset -c 1 python benchmarks/depth_sweep.py --config networks/cifar10_depth.yaml \
+        --out results/depth_sweep_cifar10 --depths 3 5 7 9 --seeds 0 \
+        --remedy steps_per_layer=1.25 --remedy prec_out=1 Every row is one ``run_experiment`` call in this process on the base
 config (``--config``, default ``networks/fmnist_depth.yaml``) with only the layer list,
 ``learning.rule``, ``learning.seed`` and, for a remedy, the dynamics or precisions
 changed: PC and BP rows share every other setting (data, init, optimizer, lr, epochs).
@@ -65,8 +74,13 @@ def build_config(base: dict, depth: int, rule: str, seed: int, remedy: dict, arg
     """Return the config mapping of one row (``depth`` weight layers)."""
     cfg = json.loads(json.dumps(base))  # deep copy
     layers = cfg["network"]["layers"]
-    inp, hidden, out = layers[0], layers[1], layers[-1]
-    cfg["network"]["layers"] = [dict(inp)] + [dict(hidden) for _ in range(depth - 1)] + [dict(out)]
+    inp, prefix, hidden, out = layers[0], layers[1:-2], layers[-2], layers[-1]
+    repeats = depth - 1 - len(prefix)
+    if repeats < 0:
+        raise SystemExit(f"--depths: {depth} is below the base config's {len(prefix) + 1} "
+                         f"fixed weight layers")
+    cfg["network"]["layers"] = ([dict(inp)] + [dict(layer) for layer in prefix]
+                                + [dict(hidden) for _ in range(repeats)] + [dict(out)])
     cfg["learning"]["rule"] = rule
     cfg["learning"]["seed"] = seed
     if args.epochs is not None:
@@ -208,14 +222,24 @@ def plot(summary, rows, path):
     ax.set_xlabel("depth L (weight layers)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     r0 = rows[0]["config"]
-    ax.set_title(f"Fashion-MNIST MLP, 128 tanh units per hidden layer\n"
-                 f"{r0['data'].get('limit_train') or 60000} training images, "
+    ax.set_title(f"{describe(r0['network'], r0['data'])}\n"
+                 f"{r0['data'].get('limit_train') or 'all'} training images, "
                  f"{r0['learning']['epochs']} epochs", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def describe(network: dict, data: dict) -> str:
+    """``"fashion_mnist, hidden: 128 tanh"`` or ``"cifar10, hidden: conv2d 32x16x16 gelu"``:
+    the data set and the repeated (last hidden) layer of a row's network."""
+    layer = network["layers"][-2]
+    kind = (layer.get("projection") or {}).get("kind", "dense")
+    shape = layer.get("shape") or [layer.get("size")]
+    return (f"{data.get('dataset')}, repeated layer: {kind} "
+            f"{'x'.join(map(str, shape))} {layer.get('activation', 'tanh')}")
 
 
 def machine() -> str:
