@@ -144,8 +144,8 @@ def write_readme(out, meta, rows) -> str:
              "then the decoder's feedforward pass from the latent alone; BP encodes with one "
              "pass of its encoder. The PC latent is fitted to each image, a likely reason the "
              "decoder alone beats the amortised encoder-decoder here (not tested further).")
-    L.append(f"- Full scale on a GPU: `python benchmarks/autoencoder.py --device cuda "
-             f"--epochs 20` (the configs themselves are full MNIST).")
+    L.append("- Full scale on a GPU: `python benchmarks/autoencoder.py --device cuda "
+             "--epochs 20` (the configs themselves are full MNIST).")
     text = "\n".join(L) + "\n"
     (out / "README.md").write_text(text)
     return text
