@@ -353,6 +353,8 @@ def contenders(args, case=None):
         out.append(("PCX", "pcx", None))
     if args.fabricpc_python and "fabricpc" in runners:
         out.append(("FabricPC", "fabricpc", None))
+    if args.contenders:
+        out = [c for c in out if c[0] in args.contenders]
     return out
 
 
@@ -372,6 +374,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--contenders", nargs="+", default=None,
+                    help='only these contenders, e.g. "pcsim PC compiled" PCX (default: all)')
     ap.add_argument("--contended", action="store_true",
                     help="add the contended setting: both cores, the last one kept busy")
     ap.add_argument("--device", default="cpu")
