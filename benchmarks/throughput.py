@@ -49,6 +49,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -258,7 +259,7 @@ def _portable(argv) -> str:
     that hold them (``$PCSIM_DATA``, ``$PCSIM_PCX_PYTHON``, ``$PCSIM_FABRICPC_PYTHON``)."""
     names = {os.environ[k]: "$" + k for k in ("PCSIM_DATA", "PCSIM_PCX_PYTHON",
                                               "PCSIM_FABRICPC_PYTHON") if os.environ.get(k)}
-    return " ".join(names.get(token, token) for token in argv)
+    return " ".join(names.get(token) or shlex.quote(token) for token in argv)
 
 
 def _measure(case, device):
